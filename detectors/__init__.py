@@ -1,0 +1,36 @@
+"""Online detectors: pure classes fed events and event-time ticks.
+
+``REGISTRY`` maps a detector's config name to its class; ``build_detectors`` makes the
+enabled ones from the ``[detectors.*]`` config sections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.base import Detector, DetectorConfigError, build_config
+from detectors.feed_gap import FeedGap
+
+REGISTRY: dict[str, type[Detector]] = {
+    FeedGap.name: FeedGap,
+}
+
+
+def build_detectors(sections: dict[str, dict[str, Any]]) -> list[Detector]:
+    """One detector per registered name, configured from its section (defaults if absent).
+
+    A section may set ``enabled = false``. An unknown section name or key raises
+    ``DetectorConfigError`` naming ``detectors.<name>.<key>``.
+    """
+    unknown = sorted(set(sections) - set(REGISTRY))
+    if unknown:
+        raise DetectorConfigError(f"detectors.{unknown[0]}", f"unknown detector (known: {', '.join(sorted(REGISTRY))})")
+    out: list[Detector] = []
+    for name, cls in REGISTRY.items():
+        cfg = build_config(cls, sections.get(name, {}))
+        if cfg.enabled:
+            out.append(cls(cfg))
+    return out
+
+
+__all__ = ["REGISTRY", "Detector", "DetectorConfigError", "build_detectors"]

@@ -1,0 +1,312 @@
+"""The TOML configuration, decoded into typed structs (CONTRACT section 2).
+
+Every mistake is refused at start with the dotted key that is wrong:
+
+>>> try:
+...     parse('[store]\\npath = "x.db"\\n[[alerts.routes]]\\nreceiver = "nobody"')
+... except ConfigError as e:
+...     print(e)
+alerts.routes[0].receiver: no receiver named 'nobody' (have: none)
+
+Secrets (webhook URLs, HMAC keys) may be given as ``*_env`` (an environment variable's
+name) or ``*_file`` (a path, e.g. a systemd credential); they are resolved once at
+start and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from monitor.events import SEVERITY_RANK, Severity
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+_DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class Duration:
+    """A span like ``250ms``, ``5s``, ``10m``, ``2h``, ``1d`` or ``1h30m``.
+
+    >>> Duration.parse("1h30m").seconds, Duration.parse("250ms").ms
+    (5400.0, 250)
+    """
+
+    __slots__ = ("text", "seconds")
+
+    def __init__(self, text: str, seconds: float) -> None:
+        self.text = text
+        self.seconds = seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Duration:
+        if not isinstance(text, str):
+            raise ValueError(f"expected a duration string like '5s', got {text!r}")
+        s = text.strip()
+        parts = _DUR.findall(s)
+        if not s or "".join(n + u for n, u in parts) != s:
+            raise ValueError(f"invalid duration {text!r} (use e.g. 250ms, 5s, 10m, 2h, 1d)")
+        return cls(text, sum(float(n) * _UNIT[u] for n, u in parts))
+
+    @property
+    def ms(self) -> int:
+        return int(round(self.seconds * 1000))
+
+    def __repr__(self) -> str:
+        return f"Duration({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Duration) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash(self.seconds)
+
+
+def _d(text: str) -> Any:
+    return msgspec.field(default_factory=lambda: Duration.parse(text))
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+Format = Literal["perpwatch", "binance-usdm", "bybit-v5"]
+
+
+class SourceConfig(_Section):
+    name: str
+    url: str
+    format: Format = "perpwatch"
+    symbols: list[str] = []  # public venues: what to subscribe to
+    rest_url: str | None = None  # public venues: REST base for book snapshots
+    max_frame_bytes: int = 8 * 1024 * 1024
+    ping_interval: Duration = _d("20s")
+    ping_timeout: Duration = _d("20s")
+    reconnect_max: Duration = _d("30s")  # cap of the exponential reconnect backoff
+    stale_after: Duration = _d("30s")  # no frame for this long (wall time) => feed_stale
+
+
+class StoreConfig(_Section):
+    path: str
+    retention: Duration = _d("30d")  # anomalies older than this are purged
+    delivered_retention: Duration = _d("7d")  # sent notifications kept this long
+
+
+class DaemonConfig(_Section):
+    tick: Duration = _d("250ms")  # event-time cadence of detector scoring
+    queue_frames: int = 1024  # frames buffered between sources and the pipeline
+    max_symbols: int = 5_000  # a feed inventing symbols beyond this is refused, counted
+    max_accounts: int = 2_000_000  # LRU bound of per-account state
+    state_dir: str | None = None  # checkpoints; default: beside the store
+    checkpoint_interval: Duration = _d("5m")
+    drain_timeout: Duration = _d("8s")  # SIGTERM: time to process, flush and deliver
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: JSON unless stdout is a TTY
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9464"
+
+
+ReceiverKind = Literal["webhook", "slack", "log"]
+
+
+class ReceiverConfig(_Section):
+    name: str
+    kind: ReceiverKind = "webhook"
+    url: str | None = None
+    url_env: str | None = None
+    url_file: str | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None
+    timeout: Duration = _d("5s")
+    max_per_second: float | None = None  # default: 1/s for slack, unlimited for webhooks
+
+
+class RouteConfig(_Section):
+    receiver: str
+    min_severity: Severity = "info"
+    kinds: list[str] = []  # empty: every kind
+    symbols: list[str] = []  # globs, e.g. "BTC-*"; empty: every symbol
+    group_wait: Duration = _d("0s")
+    group_interval: Duration = _d("1m")
+    repeat_interval: Duration = _d("4h")
+    continue_: bool = msgspec.field(default=False, name="continue")
+
+
+class AlertsConfig(_Section):
+    receivers: list[ReceiverConfig] = []
+    routes: list[RouteConfig] = []
+    incident_window: Duration = _d("10m")  # anomalies this close in event time may join
+    resolve_after: Duration = _d("15m")  # an incident quiet this long resolves
+
+
+class Config(_Section):
+    store: StoreConfig
+    sources: list[SourceConfig] = []
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    detectors: dict[str, dict[str, Any]] = {}
+
+
+def _dec_hook(t: type, obj: Any) -> Any:
+    if t is Duration:
+        return Duration.parse(obj)
+    raise NotImplementedError(t)
+
+
+def _path(msgspec_error: str) -> tuple[str, str]:
+    msg, sep, at = msgspec_error.rpartition(" - at `")
+    if not sep:
+        msg, at = msgspec_error, ""
+    key = at.rstrip("`").removeprefix("$").removeprefix(".")
+    for prefix, text in (("Object contains unknown field `", "unknown key"),
+                         ("Object missing required field `", "required key is missing")):
+        if msg.startswith(prefix):
+            field = msg.split("`")[1]
+            return (f"{key}.{field}" if key else field), text
+    return key, msg
+
+
+def parse(text: str | bytes, source: str = "<config>") -> Config:
+    """Decode and validate a config document; raises ConfigError naming the key."""
+    try:
+        cfg = msgspec.toml.decode(text, type=Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:
+        key, msg = _path(str(e))
+        raise ConfigError(key, msg) from None
+    except msgspec.DecodeError as e:
+        raise ConfigError("", f"{source}: not valid TOML: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {str(p)!r}: {e.strerror}") from None
+    return parse(text, str(p))
+
+
+def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        u = urlsplit(url)
+        ok = u.scheme in schemes and bool(u.hostname)
+        _ = u.port  # raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(key, f"invalid URL {url!r} (expected {' or '.join(s + '://host...' for s in schemes)})")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules msgspec cannot express."""
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.sources):
+        k = f"sources[{i}]"
+        if s.name in seen:
+            raise ConfigError(f"{k}.name", f"duplicate source name {s.name!r}")
+        seen.add(s.name)
+        _check_url(f"{k}.url", s.url, ("ws", "wss"))
+        if s.rest_url is not None:
+            _check_url(f"{k}.rest_url", s.rest_url, ("http", "https"))
+        if s.format != "perpwatch" and not s.symbols:
+            raise ConfigError(f"{k}.symbols", f"format {s.format!r} needs the symbols to subscribe to")
+        _positive(f"{k}.max_frame_bytes", s.max_frame_bytes)
+        _positive(f"{k}.reconnect_max", s.reconnect_max.seconds)
+    if not cfg.store.path.strip():
+        raise ConfigError("store.path", "must not be empty")
+    d = cfg.daemon
+    _positive("daemon.tick", d.tick.ms)
+    for name in ("queue_frames", "max_symbols", "max_accounts"):
+        _positive(f"daemon.{name}", getattr(d, name))
+    if not 0 < d.drain_timeout.seconds <= 10:
+        raise ConfigError("daemon.drain_timeout", "must be within (0s, 10s]: SIGTERM must finish in 10 s")
+    if cfg.metrics.enabled:
+        _listen(cfg.metrics.listen)
+    names: set[str] = set()
+    for i, r in enumerate(cfg.alerts.receivers):
+        k = f"alerts.receivers[{i}]"
+        if r.name in names:
+            raise ConfigError(f"{k}.name", f"duplicate receiver name {r.name!r}")
+        names.add(r.name)
+        given = [f for f in ("url", "url_env", "url_file") if getattr(r, f) is not None]
+        if r.kind == "log":
+            continue
+        if len(given) != 1:
+            raise ConfigError(f"{k}.url", "set exactly one of url, url_env, url_file")
+        if r.url is not None:
+            _check_url(f"{k}.url", r.url, ("http", "https"))
+        if r.secret_env is not None and r.secret_file is not None:
+            raise ConfigError(f"{k}.secret_env", "set at most one of secret_env, secret_file")
+    for i, rt in enumerate(cfg.alerts.routes):
+        if rt.receiver not in names:
+            have = ", ".join(sorted(names)) or "none"
+            raise ConfigError(f"alerts.routes[{i}].receiver", f"no receiver named {rt.receiver!r} (have: {have})")
+        for f in ("group_interval", "repeat_interval"):
+            _positive(f"alerts.routes[{i}].{f}", getattr(rt, f).seconds)
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError("metrics.listen", f"expected host:port, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def listen_address(cfg: Config) -> tuple[str, int]:
+    return _listen(cfg.metrics.listen)
+
+
+def resolve_secret(key: str, env: str | None, file: str | None) -> str | None:
+    """Read a secret from an env var or a file; ConfigError if named but unavailable."""
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(key + "_env", f"environment variable {env} is not set")
+        return value
+    if file is not None:
+        try:
+            return Path(file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(key + "_file", f"cannot read {file!r}: {e.strerror}") from None
+    return None
+
+
+def receiver_url(r: ReceiverConfig, index: int) -> str | None:
+    k = f"alerts.receivers[{index}].url"
+    url = r.url if r.url is not None else resolve_secret(k, r.url_env, r.url_file)
+    if url is not None and r.url is None:
+        _check_url(k, url, ("http", "https"))
+    return url
+
+
+def severity_at_least(sev: str, floor: str) -> bool:
+    return SEVERITY_RANK[sev] >= SEVERITY_RANK[floor]

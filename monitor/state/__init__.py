@@ -1,0 +1,132 @@
+"""Live market state, updated event by event: books, marks, accounts, the clock.
+
+``MarketState.apply`` is the only writer. It is pure and synchronous; detectors read it.
+The per-type dispatch table is built once, so an event costs one dict lookup and one
+call before its own update.
+"""
+
+from __future__ import annotations
+
+from monitor.events import Account, Book, Event, Heartbeat, Liquidation, Mark, Order, Position, Trade
+from monitor.state.accounts import AccountBook, AccountState, Pos
+from monitor.state.book import L2Book, Status
+from monitor.state.clock import EventClock
+
+__all__ = ["MarketState", "SymbolMarks", "L2Book", "AccountBook", "AccountState", "Pos", "EventClock"]
+
+
+class SymbolMarks:
+    """Latest mark/index/last/funding/open interest of a symbol."""
+
+    __slots__ = ("mark", "index", "last", "funding_rate", "open_interest", "ts", "last_trade", "last_trade_ts")
+
+    def __init__(self) -> None:
+        self.mark: float | None = None
+        self.index: float | None = None
+        self.last: float | None = None
+        self.funding_rate: float | None = None
+        self.open_interest: float | None = None
+        self.ts = 0
+        self.last_trade: float | None = None
+        self.last_trade_ts = 0
+
+    def __getstate__(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, s):
+        for k, v in zip(self.__slots__, s):
+            setattr(self, k, v)
+
+
+class MarketState:
+    """Books, marks and accounts, with a bound on how many symbols a feed may create."""
+
+    def __init__(self, max_symbols: int = 5_000, max_accounts: int = 2_000_000) -> None:
+        self.books: dict[str, L2Book] = {}
+        self.marks: dict[str, SymbolMarks] = {}
+        self.accounts = AccountBook(max_accounts)
+        self.max_symbols = max_symbols
+        self.rejected_symbols = 0  # events dropped because the symbol table was full
+        self.last_book_status: Status = "ok"
+        self._apply = {
+            Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
+            Account: self._account, Order: _noop, Liquidation: _noop, Heartbeat: _noop,
+        }
+
+    def apply(self, ev: Event) -> bool:
+        """Update state with one event. False when the event was refused (symbol flood)."""
+        return self._apply[type(ev)](ev)
+
+    def known_symbol(self, symbol: str) -> bool:
+        if symbol in self.marks:
+            return True
+        if len(self.marks) >= self.max_symbols:
+            self.rejected_symbols += 1
+            return False
+        self.marks[symbol] = SymbolMarks()
+        return True
+
+    def symbols(self) -> list[str]:
+        return list(self.marks)
+
+    def _book(self, ev: Book) -> bool:
+        book = self.books.get(ev.symbol)
+        if book is None:
+            if not self.known_symbol(ev.symbol):
+                return False
+            book = self.books[ev.symbol] = L2Book(ev.symbol)
+        book.last_ts = ev.ts
+        self.last_book_status = book.apply(ev.seq, ev.snapshot, ev.bids, ev.asks)
+        return True
+
+    def _mark(self, ev: Mark) -> bool:
+        m = self.marks.get(ev.symbol)
+        if m is None:
+            if not self.known_symbol(ev.symbol):
+                return False
+            m = self.marks[ev.symbol]
+        m.mark = ev.mark
+        m.index = ev.index
+        if ev.last is not None:
+            m.last = ev.last
+        if ev.funding_rate is not None:
+            m.funding_rate = ev.funding_rate
+        if ev.open_interest is not None:
+            m.open_interest = ev.open_interest
+        m.ts = ev.ts
+        return True
+
+    def _trade(self, ev: Trade) -> bool:
+        m = self.marks.get(ev.symbol)
+        if m is None:
+            if not self.known_symbol(ev.symbol):
+                return False
+            m = self.marks[ev.symbol]
+        m.last_trade = ev.price
+        m.last_trade_ts = ev.ts
+        return True
+
+    def _position(self, ev: Position) -> bool:
+        if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
+            return False
+        self.accounts.position(str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage,
+                               ev.margin_mode, ev.liq_price, ev.ts)
+        return True
+
+    def _account(self, ev: Account) -> bool:
+        self.accounts.collateral(str(ev.account), ev.equity, ev.maintenance_margin, ev.ts)
+        return True
+
+    def price(self, symbol: str) -> float | None:
+        """Best available reference price: mark, else book mid, else last trade."""
+        m = self.marks.get(symbol)
+        if m is not None and m.mark is not None:
+            return m.mark
+        b = self.books.get(symbol)
+        if b is not None and (mid := b.mid()) is not None:
+            return mid
+        return m.last_trade if m is not None else None
+
+
+def _noop(ev: Event) -> bool:
+    return True
