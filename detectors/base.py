@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from monitor.config import error_path
 from monitor.events import Anomaly, Event
 from monitor.state import MarketState
 
@@ -51,22 +52,19 @@ class Detector:
         """Score features at event time ``now``; return anomalies (may be empty)."""
         return []
 
+    def flush(self, state: MarketState) -> list[Anomaly]:
+        """Anomalies already decided (on event time) but waiting for the next tick.
+
+        The daemon calls this when the feed goes quiet and on shutdown, so a gap in the
+        last message of a stream is still reported. Content never depends on when.
+        """
+        return []
+
 
 def build_config(cls: type[Detector], section: dict[str, Any]) -> DetectorConfig:
     """Decode a ``[detectors.<name>]`` section into the detector's typed config."""
     try:
         return msgspec.convert(section, cls.Config, strict=False)
     except msgspec.ValidationError as e:
-        key, msg = _split_path(str(e))
-        raise DetectorConfigError(f"detectors.{cls.name}{key}", msg) from None
-
-
-def _split_path(text: str) -> tuple[str, str]:
-    """msgspec's "Expected ... - at `$.window`" -> (".window", "Expected ...")."""
-    msg, _, path = text.rpartition(" - at `")
-    if not msg:
-        return "", text
-    path = path.rstrip("`").removeprefix("$")
-    if "unknown field" in msg and "`" in msg:
-        path += "." + msg.split("`")[1]
-    return path, msg
+        key, msg = error_path(str(e))
+        raise DetectorConfigError(f"detectors.{cls.name}" + (f".{key}" if key else ""), msg) from None

@@ -67,8 +67,12 @@ class FeedGap(Detector):
             del self._open[sym]
             self._stuck_reported.discard(sym)
 
-    def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
+    def flush(self, state: MarketState) -> list[Anomaly]:
         out, self._pending = self._pending, []
+        return out
+
+    def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
+        out = self.flush(state)
         limit = self.config.stuck_after_ms
         for sym, (since, n) in self._open.items():
             if now - since >= limit and sym not in self._stuck_reported:

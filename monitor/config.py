@@ -175,7 +175,8 @@ def _dec_hook(t: type, obj: Any) -> Any:
     raise NotImplementedError(t)
 
 
-def _path(msgspec_error: str) -> tuple[str, str]:
+def error_path(msgspec_error: str) -> tuple[str, str]:
+    """msgspec's "Object contains unknown field `x` - at `$.a[0]`" -> ("a[0].x", "unknown key")."""
     msg, sep, at = msgspec_error.rpartition(" - at `")
     if not sep:
         msg, at = msgspec_error, ""
@@ -193,7 +194,7 @@ def parse(text: str | bytes, source: str = "<config>") -> Config:
     try:
         cfg = msgspec.toml.decode(text, type=Config, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
-        key, msg = _path(str(e))
+        key, msg = error_path(str(e))
         raise ConfigError(key, msg) from None
     except msgspec.DecodeError as e:
         raise ConfigError("", f"{source}: not valid TOML: {e}") from None
@@ -272,6 +273,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"alerts.routes[{i}].receiver", f"no receiver named {rt.receiver!r} (have: {have})")
         for f in ("group_interval", "repeat_interval"):
             _positive(f"alerts.routes[{i}].{f}", getattr(rt, f).seconds)
+    _validate_detectors(cfg.detectors)
+
+
+def _validate_detectors(sections: dict[str, dict[str, Any]]) -> None:
+    from detectors import build_detectors  # detectors sit above config in the layering
+
+    try:
+        build_detectors(sections)
+    except ValueError as e:
+        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
 
 
 def _listen(text: str) -> tuple[str, int]:

@@ -62,6 +62,13 @@ class Pipeline:
                 out.extend(found)
         return out
 
+    def flush(self) -> list[Anomaly]:
+        """Collect anomalies detectors have decided but not yet emitted (quiet feed, shutdown)."""
+        out: list[Anomaly] = []
+        for d in self.detectors:
+            out.extend(d.flush(self.state))
+        return out
+
     def checkpoint(self) -> dict:
         """Everything needed to resume warm (picklable)."""
         return {"state": self.state, "detectors": self.detectors, "clock": self.clock}

@@ -1,0 +1,212 @@
+"""The ``perpwatch`` command line.
+
+Every user mistake (bad config, bad flag value, missing store) is one clear line on
+stderr and a non-zero exit (2 for configuration), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from monitor import config as config_mod
+from monitor.config import Config, ConfigError, Duration
+from monitor.store import Store, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="perpwatch: early warning for perpetual-futures exchanges.")
+err = Console(stderr=True, soft_wrap=True)
+
+SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]perpwatch:[/] {escape(message)}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line and an exit status."""
+    try:
+        yield
+    except ConfigError as e:
+        raise fail(f"config error: {e}", 2) from None
+    except StoreError as e:
+        raise fail(str(e), 1) from None
+
+
+def load_config(path: Path) -> Config:
+    with user_errors():
+        return config_mod.load(path)
+
+
+def parse_duration(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return Duration.parse(text).seconds
+    except ValueError as e:
+        raise fail(f"{flag}: {e}", 2) from None
+
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file.", exists=False, dir_okay=False)
+
+
+@app.command("check-config")
+def check_config(file: Path = typer.Argument(..., help="TOML config file.")) -> None:
+    """Validate a config file without running (exit 2 names the bad key)."""
+    cfg = load_config(file)
+    from monitor.daemon import build_pipeline, make_codec
+
+    with user_errors():
+        for s in cfg.sources:
+            make_codec(s)
+        build_pipeline(cfg)
+        for i, r in enumerate(cfg.alerts.receivers):
+            config_mod.receiver_url(r, i)
+            config_mod.resolve_secret(f"alerts.receivers[{i}].secret", r.secret_env, r.secret_file)
+    print(f"ok: {file}: {len(cfg.sources)} source(s), {len(cfg.alerts.receivers)} receiver(s), "
+          f"{len(cfg.alerts.routes)} route(s)")
+
+
+@app.command()
+def run(config: Path = ConfigOpt) -> None:
+    """Run the daemon: connect to the sources, detect, store, alert. SIGTERM drains."""
+    cfg = load_config(config)
+    if not cfg.sources:
+        raise fail("config error: sources: at least one [[sources]] entry is required to run", 2)
+    from monitor import logs
+    from monitor.daemon import Daemon
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    with user_errors():
+        daemon = Daemon(cfg)
+    code = asyncio.run(daemon.run())
+    raise typer.Exit(code)
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="Recording: one frame per line (JSON), optionally gzipped."),
+    config: Path = ConfigOpt,
+    fmt: Optional[str] = typer.Option(None, "--format", help="Codec (default: the first source's format)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Replay a recording through the same pipeline, as fast as the CPU allows."""
+    cfg = load_config(config)
+    from monitor.daemon import build_pipeline, make_codec
+    from monitor.sources import read_recording
+
+    if not file.exists():
+        raise fail(f"no such recording: {file}", 2)
+    fmt = fmt or (cfg.sources[0].format if cfg.sources else "perpwatch")
+    with user_errors():
+        codec = make_codec(config_mod.SourceConfig(name="replay", url="ws://replay.invalid/", format=fmt,
+                                                   symbols=["*"]))
+        pipeline = build_pipeline(cfg)
+        store = Store(cfg.store.path)
+    kinds: Counter[str] = Counter()
+    batch = []
+    t0 = time.perf_counter()
+    for frame in read_recording(file):
+        found = pipeline.process(codec.decode(frame))
+        if found:
+            batch.extend(found)
+            if len(batch) >= 1000:
+                store.write_anomalies(batch)
+                kinds.update(a.kind for a in batch)
+                batch = []
+    batch.extend(pipeline.flush())
+    store.write_anomalies(batch)
+    kinds.update(a.kind for a in batch)
+    store.close()
+    elapsed = time.perf_counter() - t0
+    events = sum(pipeline.counts.values())
+    summary = {
+        "frames": codec.stats.frames, "events": events,
+        "events_per_s": round(events / elapsed) if elapsed > 0 else None,
+        "elapsed_s": round(elapsed, 3), "anomalies": dict(kinds),
+        "dropped": dict(codec.stats.dropped), "unknown": dict(codec.stats.unknown),
+    }
+    if as_json:
+        print(msgspec.json.encode(summary).decode())
+        return
+    t = Table(title=f"replay of {file.name}", show_header=False)
+    for k, v in summary.items():
+        t.add_row(k, str(v))
+    Console().print(t)
+
+
+@app.command()
+def anomalies(
+    config: Path = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array (CONTRACT section 4)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only the last DURATION, e.g. 15m, 2h, 1d."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind, e.g. cancel_burst."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only this symbol."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many (newest first)."),
+) -> None:
+    """List stored anomalies, newest first."""
+    cfg = load_config(config)
+    since_s = parse_duration("--since", since)
+    path = Path(cfg.store.path)
+    if not path.exists():
+        rows: list[dict] = []
+        if not as_json:
+            err.print(f"no store yet at {path} (nothing detected, or the daemon has not run)")
+    else:
+        with user_errors():
+            rows = Store.reader(path).anomalies(since_s=since_s, kind=kind, symbol=symbol, limit=limit)
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    print_anomaly_table(rows)
+
+
+def fmt_ts(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def summarize_detail(detail: dict, width: int = 90) -> str:
+    parts = []
+    for k, v in detail.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (list, dict)):
+            continue
+        parts.append(f"{k}={v}")
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_anomaly_table(rows: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title=f"{len(rows)} anomalies (newest first)")
+    for col in ("time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        sev = r["severity"]
+        t.add_row(fmt_ts(r["ts"]), r["kind"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]",
+                  r["symbol"] or "", r["account"] or "", f"{r['score']:.3g}", summarize_detail(r["detail"]))
+    console.print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The daemon: a thin asyncio shell around the pure pipeline.
+
+    sources (one task each) --frames--> bounded queue --> processor (decode, pipeline)
+        --> pending anomalies --> flusher: store (worker thread) --> sinks (alerts)
+
+The queue is the only buffer between the network and the pipeline; when it is full the
+sources stop reading, so TCP pushes back on the feed instead of memory growing.
+Anomalies reach the sinks only after they are committed to the store.
+
+SIGTERM (CONTRACT section 5): stop reading, process what was received, flush the store
+and the sinks within ``daemon.drain_timeout`` (<= 10 s), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import structlog
+
+from detectors import build_detectors
+from monitor.codecs import Codec
+from monitor.codecs.native import NativeCodec
+from monitor.config import Config, ConfigError, SourceConfig
+from monitor.events import Anomaly
+from monitor.logs import RateLimitedSamples
+from monitor.pipeline import Pipeline
+from monitor.sources import SourceStatus, run_websocket
+from monitor.state import MarketState
+from monitor.store import Store
+
+log = structlog.get_logger("perpwatch.daemon")
+
+
+class AnomalySink(Protocol):
+    """Something that takes stored anomalies onward (alerts, the demo's console)."""
+
+    async def handle(self, anomalies: list[Anomaly]) -> None: ...
+
+    async def drain(self, deadline: float) -> None: ...
+
+
+def make_codec(src: SourceConfig) -> Codec:
+    if src.format == "perpwatch":
+        return NativeCodec()
+    raise ConfigError("sources.format", f"format {src.format!r} is not available in this build")
+
+
+def build_pipeline(cfg: Config) -> Pipeline:
+    try:
+        detectors = build_detectors(cfg.detectors)
+    except ValueError as e:  # DetectorConfigError carries the dotted key
+        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
+    state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts)
+    return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms)
+
+
+class Daemon:
+    IDLE_FLUSH_S = 0.5  # wall time without frames after which held anomalies are emitted
+
+    def __init__(self, cfg: Config, *, sinks: list[AnomalySink] | None = None,
+                 store: Store | None = None, pipeline: Pipeline | None = None) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline or build_pipeline(cfg)
+        self.codecs: dict[str, Codec] = {s.name: make_codec(s) for s in cfg.sources}
+        self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
+        self.store = store or Store(cfg.store.path)
+        self.sinks = list(sinks or [])
+        self.anomalies_total = 0
+        self.started_wall = time.time()
+        self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
+        self._pending: list[Anomaly] = []
+        self._stop = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perpwatch-store")
+        self._samples = RateLimitedSamples(per_minute=5)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, install_signals: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        self._queue = asyncio.Queue(maxsize=self.cfg.daemon.queue_frames)
+        sources = [asyncio.create_task(self._source(s), name=f"source:{s.name}") for s in self.cfg.sources]
+        processor = asyncio.create_task(self._process_forever(), name="processor")
+        flusher = asyncio.create_task(self._flush_forever(), name="flusher")
+        log.info("daemon_started", sources=[s.name for s in self.cfg.sources], store=str(self.store.path),
+                 detectors=[d.name for d in self.pipeline.detectors])
+        stopper = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stopper, processor, flusher, *sources], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+        for t in crashed:
+            log.error("task_failed", task=t.get_name(), error=repr(t.exception()))
+        deadline = loop.time() + self.cfg.daemon.drain_timeout.seconds
+        await self._drain(sources, processor, flusher, deadline)
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return 1 if crashed else 0
+
+    async def _drain(self, sources, processor, flusher, deadline: float) -> None:
+        log.info("draining", queued_frames=self._queue.qsize() if self._queue else 0)
+        for t in sources:
+            t.cancel()
+        await asyncio.gather(*sources, return_exceptions=True)
+        processor.cancel()  # safe: it only ever waits in queue.get()
+        self._draining.set()  # the flusher finishes the batch in hand, then exits
+        await asyncio.gather(processor, flusher, return_exceptions=True)
+        while self._queue is not None and not self._queue.empty():
+            name, frame = self._queue.get_nowait()
+            self._handle(name, frame)
+        self._pending.extend(self.pipeline.flush())
+        await self._flush()
+        for sink in self.sinks:
+            try:
+                await asyncio.wait_for(sink.drain(deadline), max(0.05, deadline - asyncio.get_running_loop().time()))
+            except TimeoutError:
+                log.warning("sink_drain_timeout", sink=type(sink).__name__)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
+        self._writer.shutdown(wait=True)
+        log.info("stopped", anomalies=self.anomalies_total, events=sum(self.pipeline.counts.values()))
+
+    # -- the pipeline ------------------------------------------------------------------
+    async def _source(self, src: SourceConfig) -> None:
+        queue = self._queue
+        assert queue is not None
+
+        async def sink(frame: bytes | str) -> None:
+            await queue.put((src.name, frame))
+
+        await run_websocket(src, sink, self.status[src.name])
+
+    async def _process_forever(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            if queue.empty():
+                try:
+                    name, frame = await asyncio.wait_for(queue.get(), self.IDLE_FLUSH_S)
+                except TimeoutError:  # the feed is quiet: emit what detectors hold
+                    self._pending.extend(self.pipeline.flush())
+                    continue
+            else:
+                name, frame = queue.get_nowait()
+                if queue.qsize() % 64 == 0:
+                    await asyncio.sleep(0)  # let sources, the flusher and signals run under load
+            self._handle(name, frame)
+
+    def _handle(self, name: str, frame: bytes | str) -> None:
+        events = self.codecs[name].decode(frame)
+        if events:
+            found = self.pipeline.process(events)
+            if found:
+                self._pending.extend(found)
+
+    async def _flush_forever(self, every_s: float = 0.1) -> None:
+        while not self._draining.is_set():
+            try:
+                await asyncio.wait_for(self._draining.wait(), every_s)
+            except TimeoutError:
+                pass
+            await self._flush()
+            self._log_drops()
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self.store.write_anomalies, batch)
+        self.anomalies_total += len(batch)
+        for a in batch:
+            log.info("anomaly", id=a.id, kind=a.kind, severity=a.severity, symbol=a.symbol,
+                     account=a.account, ts=a.ts, score=a.score)
+        for sink in self.sinks:
+            await sink.handle(batch)
+
+    def _log_drops(self) -> None:
+        for name, codec in self.codecs.items():
+            for reason, sample in codec.stats.drain_samples():
+                if self._samples.allow(name):
+                    log.warning("frame_dropped", source=name, reason=reason, sample=sample,
+                                dropped_total=sum(codec.stats.dropped.values()))

@@ -1,0 +1,119 @@
+"""Test support: loopback servers in background threads and the daemon as a subprocess.
+
+Timeouts scale from one constant (``TIMEOUT``); nothing asserts on wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from websockets.asyncio.server import serve
+
+TIMEOUT = float(os.environ.get("PERPWATCH_TEST_TIMEOUT", "20"))
+T0 = 1_732_400_000_000  # event time origin for crafted streams (ms)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ThreadedFeed:
+    """A websocket server on 127.0.0.1 that sends ``frames`` to each client, then idles."""
+
+    def __init__(self, frames: list[str | bytes] | Callable[[], list[str | bytes]]) -> None:
+        self._frames = frames
+        self.port = 0
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Future | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ThreadedFeed:
+        self._thread.start()
+        if not self._started.wait(TIMEOUT):
+            raise RuntimeError("feed server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(TIMEOUT)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/feed"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _handler(self, ws) -> None:
+        self.connections += 1
+        frames = self._frames() if callable(self._frames) else self._frames
+        for f in frames:
+            await ws.send(f)
+        await ws.wait_closed()
+
+    async def _main(self) -> None:
+        self._stop = self._loop.create_future()
+        async with serve(self._handler, "127.0.0.1", 0) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._started.set()
+            await self._stop
+
+
+def frame(*events: dict) -> str:
+    return json.dumps(list(events)) if len(events) != 1 else json.dumps(events[0])
+
+
+def write_config(path: Path, feed_url: str, store: Path, extra: str = "") -> Path:
+    path.write_text(f"""
+[[sources]]
+name = "exchange"
+url = "{feed_url}"
+format = "perpwatch"
+
+[store]
+path = "{store}"
+
+[metrics]
+enabled = false
+{extra}
+""")
+    return path
+
+
+def perpwatch(*args: str, env: dict | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def start_daemon(config: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+
+
+def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out, err
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

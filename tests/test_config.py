@@ -1,0 +1,100 @@
+"""Configuration: the contract's keys, and every mistake refused with its key, exit 2."""
+
+import pytest
+
+from monitor.config import ConfigError, parse
+from tests.support import perpwatch
+
+CONTRACT_EXAMPLE = """
+[[sources]]
+name = "exchange"
+url = "ws://127.0.0.1:9001/feed"
+format = "perpwatch"
+
+[store]
+path = "/var/lib/perpwatch/perpwatch.db"
+
+[[alerts.receivers]]
+name = "risk-hook"
+kind = "webhook"
+url = "http://127.0.0.1:9002/hook"
+secret_env = "PERPWATCH_HOOK_SECRET"
+
+[[alerts.routes]]
+receiver = "risk-hook"
+min_severity = "info"
+group_wait = "0s"
+"""
+
+
+def test_contract_example_parses():
+    """The contract's example config is accepted and means what it says."""
+    cfg = parse(CONTRACT_EXAMPLE)
+    assert cfg.sources[0].url == "ws://127.0.0.1:9001/feed"
+    assert cfg.store.path == "/var/lib/perpwatch/perpwatch.db"
+    assert cfg.alerts.receivers[0].secret_env == "PERPWATCH_HOOK_SECRET"
+    assert cfg.alerts.routes[0].group_wait.seconds == 0
+
+
+BAD = {
+    "unknown top-level key": ("[bogus]\nx = 1\n", "bogus"),
+    "unknown source key": ('[[sources]]\nname="a"\nurl="ws://h/"\ncolour="red"\n', "sources[0].colour"),
+    "bad source url": ('[[sources]]\nname="a"\nurl="http://h/"\n', "sources[0].url"),
+    "url without host": ('[[sources]]\nname="a"\nurl="ws://"\n', "sources[0].url"),
+    "bad format": ('[[sources]]\nname="a"\nurl="ws://h/"\nformat="ftx"\n', "sources[0].format"),
+    "duplicate source": ('[[sources]]\nname="a"\nurl="ws://h/"\n[[sources]]\nname="a"\nurl="ws://h/"\n',
+                         "sources[1].name"),
+    "bad duration": ('[daemon]\ntick="fast"\n', "daemon.tick"),
+    "bad route duration": ('[[alerts.receivers]]\nname="r"\nurl="http://h/"\n[[alerts.routes]]\n'
+                           'receiver="r"\ngroup_wait="5 sec"\n', "alerts.routes[0].group_wait"),
+    "missing receiver": ('[[alerts.routes]]\nreceiver="nobody"\n', "alerts.routes[0].receiver"),
+    "bad severity": ('[[alerts.receivers]]\nname="r"\nurl="http://h/"\n[[alerts.routes]]\nreceiver="r"\n'
+                     'min_severity="fatal"\n', "alerts.routes[0].min_severity"),
+    "bad receiver url": ('[[alerts.receivers]]\nname="r"\nurl="gopher://h/"\n', "alerts.receivers[0].url"),
+    "receiver without url": ('[[alerts.receivers]]\nname="r"\n', "alerts.receivers[0].url"),
+    "wrong type": ('[daemon]\nqueue_frames="many"\n', "daemon.queue_frames"),
+    "drain too long": ('[daemon]\ndrain_timeout="30s"\n', "daemon.drain_timeout"),
+    "bad detector key": ('[detectors.feed_gap]\nstuck_after="1s"\n', "detectors.feed_gap.stuck_after"),
+    "unknown detector": ('[detectors.crystal_ball]\nenabled=true\n', "detectors.crystal_ball"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_config_exits_2_naming_the_key(tmp_path, name):
+    """check-config and run refuse a bad config with exit 2 and the key in the message."""
+    body, key = BAD[name]
+    if "[store]" not in body:
+        body = f'[store]\npath = "{tmp_path}/pw.db"\n' + body
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    for cmd in (["check-config", str(path)], ["run", "--config", str(path)]):
+        r = perpwatch(*cmd)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert key in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    """A missing file or broken TOML is a clean error with exit 2."""
+    r = perpwatch("check-config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "cannot read config file" in r.stderr
+    (tmp_path / "broken.toml").write_text("[store\n")
+    r = perpwatch("check-config", str(tmp_path / "broken.toml"))
+    assert r.returncode == 2 and "not valid TOML" in r.stderr
+
+
+def test_secret_env_must_exist_at_start(tmp_path):
+    """A secret named by env var but absent is refused at start, naming the key, not the value."""
+    path = tmp_path / "c.toml"
+    path.write_text(CONTRACT_EXAMPLE.replace("/var/lib/perpwatch", str(tmp_path)))
+    r = perpwatch("check-config", str(path), env={"PERPWATCH_HOOK_SECRET": ""})
+    assert r.returncode == 2 and "alerts.receivers[0].secret_env" in r.stderr
+    r = perpwatch("check-config", str(path), env={"PERPWATCH_HOOK_SECRET": "s3cret-value"})
+    assert r.returncode == 0 and "s3cret-value" not in r.stdout + r.stderr
+
+
+def test_error_type_carries_key():
+    """ConfigError exposes the dotted key for programmatic use."""
+    with pytest.raises(ConfigError) as e:
+        parse('[store]\npath="x"\n[daemon]\ntick="0ms"\n')
+    assert e.value.key == "daemon.tick"
