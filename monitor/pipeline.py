@@ -28,26 +28,30 @@ class Pipeline:
         self.state = state
         self.detectors = detectors
         self.clock = EventClock(tick_ms)
-        self.counts: Counter[str] = Counter()  # events applied, by type
+        self.type_counts: dict[type, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.refused = 0
-        # Decided once: which detectors see which event type.
-        self._routes: dict[type, tuple] = {
-            t: tuple(d.on_event for d in detectors if t in d.consumes) for t in EVENT_TYPES
+        # Decided once: per event type, the state update and the detectors that see it.
+        self._table: dict[type, tuple] = {
+            t: (state.handler(t), tuple(d.on_event for d in detectors if t in d.consumes)) for t in EVENT_TYPES
         }
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Events applied so far, by type name."""
+        return Counter({t.__name__: n for t, n in self.type_counts.items() if n})
 
     def process(self, events: list[Event]) -> list[Anomaly]:
         """Feed a batch of events (one frame); return the anomalies raised by its ticks."""
-        state, routes, clock = self.state, self._routes, self.clock
-        apply = state.apply
+        state, table, clock, counts = self.state, self._table, self.clock, self.type_counts
         out: list[Anomaly] = []
-        counts = self.counts
         for ev in events:
             t = type(ev)
-            counts[t.__name__] += 1
-            if not apply(ev):
+            counts[t] += 1
+            update, handlers = table[t]
+            if not update(ev):
                 self.refused += 1
                 continue
-            for handler in routes[t]:
+            for handler in handlers:
                 handler(ev, state)
             if ev.ts >= clock.next_tick:  # cheap test first: most events fall between ticks
                 for now in clock.advance(ev.ts):

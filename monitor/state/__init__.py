@@ -7,6 +7,8 @@ call before its own update.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from monitor.events import Account, Book, Event, Heartbeat, Liquidation, Mark, Order, Position, Trade
 from monitor.state.accounts import AccountBook, AccountState, Pos
 from monitor.state.book import L2Book, Status
@@ -56,6 +58,10 @@ class MarketState:
     def apply(self, ev: Event) -> bool:
         """Update state with one event. False when the event was refused (symbol flood)."""
         return self._apply[type(ev)](ev)
+
+    def handler(self, t: type) -> Callable[[Event], bool]:
+        """The update function for one event type (the pipeline binds these once)."""
+        return self._apply[t]
 
     def known_symbol(self, symbol: str) -> bool:
         if symbol in self.marks:

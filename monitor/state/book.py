@@ -72,10 +72,23 @@ class L2Book:
             self.seq = seq
             return "gap"
         self.seq = seq
+        # _set_bid/_set_ask inlined for the common cases: this loop is the hottest in perpwatch.
+        book = self.bids
         for p, s in bids:
-            self._set_bid(p, s)
+            if s > 0:
+                book[p] = s
+                if self._best_bid is None or p > self._best_bid:
+                    self._set_bid(p, s)
+            elif book.pop(p, None) is not None and p == self._best_bid:
+                self._best_bid = max(book) if book else None
+        book = self.asks
         for p, s in asks:
-            self._set_ask(p, s)
+            if s > 0:
+                book[p] = s
+                if self._best_ask is None or p < self._best_ask:
+                    self._set_ask(p, s)
+            elif book.pop(p, None) is not None and p == self._best_ask:
+                self._best_ask = min(book) if book else None
         self._version += 1
         return "ok"
 
@@ -87,7 +100,7 @@ class L2Book:
                 self._best_bid = p
                 ba = self._best_ask
                 if ba is not None and p >= ba:
-                    self._uncross(self.asks, lambda q: q <= p)
+                    self._drop(self.asks, [q for q in self.asks if q <= p])
                     self._best_ask = min(self.asks) if self.asks else None
         elif self.bids.pop(p, None) is not None and p == self._best_bid:
             self._best_bid = max(self.bids) if self.bids else None
@@ -100,23 +113,24 @@ class L2Book:
                 self._best_ask = p
                 bb = self._best_bid
                 if bb is not None and p <= bb:
-                    self._uncross(self.bids, lambda q: q >= p)
+                    self._drop(self.bids, [q for q in self.bids if q >= p])
                     self._best_bid = max(self.bids) if self.bids else None
         elif self.asks.pop(p, None) is not None and p == self._best_ask:
             self._best_ask = min(self.asks) if self.asks else None
 
-    def _uncross(self, side: dict[float, float], crossed) -> None:
-        for q in [q for q in side if crossed(q)]:
+    def _drop(self, side: dict[float, float], prices: list[float]) -> None:
+        """Remove levels a newer level crossed (the newer message is the truth)."""
+        for q in prices:
             del side[q]
-            self.crossed += 1
+        self.crossed += len(prices)
 
     def _uncross_snapshot(self) -> None:
         # A crossed snapshot is a venue bug; trust neither side's crossed levels.
         bb, ba = self._best_bid, self._best_ask
         if bb is not None and ba is not None and bb >= ba:
             mid = (bb + ba) / 2
-            self._uncross(self.bids, lambda q: q >= mid)
-            self._uncross(self.asks, lambda q: q <= mid)
+            self._drop(self.bids, [q for q in self.bids if q >= mid])
+            self._drop(self.asks, [q for q in self.asks if q <= mid])
             self._best_bid = max(self.bids) if self.bids else None
             self._best_ask = min(self.asks) if self.asks else None
 
