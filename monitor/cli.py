@@ -176,6 +176,24 @@ def anomalies(
     print_anomaly_table(rows)
 
 
+@app.command()
+def demo(
+    duration: float = typer.Option(120.0, "--duration", help="Seconds of wall time to run."),
+    speed: float = typer.Option(1.0, "--speed", help="Simulated seconds per wall second (0: as fast as possible)."),
+    seed: int = typer.Option(7, "--seed", help="The simulator's random seed."),
+    symbols: int = typer.Option(6, "--symbols", min=1, max=8, help="How many perpetuals to simulate."),
+    accounts: int = typer.Option(3000, "--accounts", min=1, help="How many accounts hold positions."),
+    gap_every: float = typer.Option(30.0, "--gap-every", help="Mean simulated seconds between dropped book messages."),
+    workdir: Optional[Path] = typer.Option(None, "--dir", help="Where the demo store goes (default: a temp dir)."),
+) -> None:
+    """Run the built-in exchange simulator and the daemon against it, on 127.0.0.1."""
+    from monitor.demo import run_demo
+
+    with user_errors():
+        code = asyncio.run(run_demo(duration, speed, seed, symbols, accounts, gap_every, workdir, Console()))
+    raise typer.Exit(code)
+
+
 def fmt_ts(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 

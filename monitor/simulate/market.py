@@ -1,0 +1,316 @@
+"""A deterministic, believable calm perpetual-futures market in the native protocol.
+
+Pure: a seeded ``random.Random``, simulated event time, no I/O. ``step()`` advances
+``step_ms`` of event time and returns the events that happened, as native-protocol
+dicts. Prices follow correlated log random walks (a common market factor plus
+idiosyncratic noise); each symbol has a grid L2 book re-centred on its mid, L3 order
+flow from market makers and takers that the book reflects, trades, marks once a
+second, and a few thousand accounts whose positions and cross collateral change.
+Now and then one book message is dropped (a sequence gap) and a fresh snapshot follows
+a little later, as a venue does on resync.
+
+>>> m = Market(seed=1, symbols=2, accounts=50, start_ts=1_732_400_000_000)
+>>> events = [e for _ in range(40) for e in m.step()]
+>>> sorted({e["type"] for e in events}) == sorted({"book", "order", "trade", "mark", "position", "account"})
+True
+>>> m.step() == Market(seed=1, symbols=2, accounts=50, start_ts=1_732_400_000_000).run_steps(41)[-1]
+True
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    name: str
+    price: float
+    tick: float
+    vol_per_s: float  # std-dev of log return per second
+    beta: float  # loading on the common market factor
+    level_notional: float  # typical resting notional per level near the touch
+
+
+DEFAULT_SYMBOLS = [
+    SymbolSpec("BTC-PERP", 64_000.0, 0.5, 0.00018, 1.0, 250_000.0),
+    SymbolSpec("ETH-PERP", 3_400.0, 0.05, 0.00024, 1.1, 150_000.0),
+    SymbolSpec("SOL-PERP", 150.0, 0.01, 0.00035, 1.3, 60_000.0),
+    SymbolSpec("BNB-PERP", 580.0, 0.05, 0.00022, 0.9, 40_000.0),
+    SymbolSpec("XRP-PERP", 0.60, 0.0001, 0.00030, 1.0, 30_000.0),
+    SymbolSpec("DOGE-PERP", 0.15, 0.00001, 0.00040, 1.2, 25_000.0),
+    SymbolSpec("AVAX-PERP", 35.0, 0.001, 0.00038, 1.2, 20_000.0),
+    SymbolSpec("LINK-PERP", 14.0, 0.001, 0.00033, 1.1, 15_000.0),
+]
+
+MMR = 0.005  # maintenance margin rate used for the accounts' liquidation prices
+
+
+@dataclass
+class SymbolState:
+    spec: SymbolSpec
+    mid: float
+    seq: int = 0
+    bids: dict[float, float] = field(default_factory=dict)
+    asks: dict[float, float] = field(default_factory=dict)
+    orders: dict[int, tuple[str, str, float, float]] = field(default_factory=dict)  # id -> (acct, side, px, size)
+    last: float = 0.0
+    funding: float = 0.0001
+    open_interest: float = 0.0
+    resync_at: int = 0  # event time of the snapshot that ends a dropped-message gap
+
+
+@dataclass
+class AccountSim:
+    name: str
+    equity: float
+    positions: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # sym -> (size, entry, lev)
+    isolated: bool = False
+
+
+class Market:
+    """The calm market. Hooks for scenarios: ``actors`` are called each step."""
+
+    def __init__(self, seed: int = 7, symbols: int = 6, accounts: int = 3000, start_ts: int = 1_732_400_000_000,
+                 step_ms: int = 50, gap_every_s: float = 90.0, depth: int = 30,
+                 maker_rate: float = 60.0, taker_rate: float = 4.0, position_rate: float = 6.0) -> None:
+        if not 1 <= symbols <= len(DEFAULT_SYMBOLS):
+            raise ValueError(f"symbols must be 1..{len(DEFAULT_SYMBOLS)}")
+        self.rng = random.Random(seed)
+        self.ts = start_ts
+        self.step_ms = step_ms
+        self.gap_every_s = gap_every_s
+        self.depth = depth
+        self.maker_rate = maker_rate  # new + cancel orders per second per symbol
+        self.taker_rate = taker_rate  # taker trades per second per symbol
+        self.position_rate = position_rate  # position changes per second, whole market
+        self.symbols = [SymbolState(s, s.price) for s in DEFAULT_SYMBOLS[:symbols]]
+        self.by_name = {s.spec.name: s for s in self.symbols}
+        self.accounts = [AccountSim(f"a-{i:05d}", self.rng.lognormvariate(math.log(20_000), 1.0),
+                                    isolated=self.rng.random() < 0.15) for i in range(accounts)]
+        self.makers = [f"mm-{i}" for i in range(8)]
+        self.next_order_id = 1
+        self.next_mark_ts = start_ts
+        self.bootstrap = list(range(accounts))  # accounts whose first positions are still to be sent
+        self.actors: list = []  # scenario hooks: callables (market, events) -> None, run each step
+        self.dropped = 0
+        for s in self.symbols:
+            self._recentre(s, {}, {})
+
+    # -- public --------------------------------------------------------------------------
+    def snapshots(self) -> list[dict]:
+        """A book snapshot per symbol at its current seq (what a server sends on connect)."""
+        return [self._snapshot(s) for s in self.symbols]
+
+    def step(self) -> list[dict]:
+        self.ts += self.step_ms
+        dt = self.step_ms / 1000.0
+        out: list[dict] = []
+        factor = self.rng.gauss(0.0, 1.0)
+        for s in self.symbols:
+            self._step_symbol(s, factor, dt, out)
+        if self.ts >= self.next_mark_ts:
+            self.next_mark_ts += 1000
+            for s in self.symbols:
+                out.append(self._mark(s))
+        self._positions(dt, out)
+        for actor in self.actors:
+            actor(self, out)
+        return out
+
+    def run_steps(self, n: int) -> list[list[dict]]:
+        return [self.step() for _ in range(n)]
+
+    def run(self, seconds: float) -> Iterator[list[dict]]:
+        for _ in range(int(seconds * 1000 / self.step_ms)):
+            yield self.step()
+
+    # -- one symbol ----------------------------------------------------------------------
+    def _step_symbol(self, s: SymbolState, factor: float, dt: float, out: list[dict]) -> None:
+        spec, rng = s.spec, self.rng
+        sd = spec.vol_per_s * math.sqrt(dt)
+        s.mid *= math.exp(sd * (spec.beta * factor * 0.7 + rng.gauss(0.0, 1.0) * 0.7))
+        bids, asks = {}, {}  # this step's level changes: price -> new absolute size
+        self._recentre(s, bids, asks)
+        for _ in range(_poisson(rng, self.maker_rate * dt)):
+            self._maker(s, bids, asks, out)
+        for _ in range(_poisson(rng, self.taker_rate * dt * (3.0 if rng.random() < 0.002 else 1.0))):
+            self._taker(s, bids, asks, out)
+        if s.resync_at and self.ts >= s.resync_at:
+            s.resync_at = 0
+            s.seq += 1
+            out.append(self._snapshot(s))
+            return
+        if not bids and not asks:
+            return
+        s.seq += 1
+        if self.gap_every_s > 0 and not s.resync_at and rng.random() < self._gap_p(dt):
+            self.dropped += 1  # the message is lost on the way: consumers see a seq gap
+            s.resync_at = self.ts + rng.randint(1000, 2000)
+            return
+        out.append({"type": "book", "symbol": spec.name, "ts": self.ts, "seq": s.seq,
+                    "bids": [[p, q] for p, q in bids.items()], "asks": [[p, q] for p, q in asks.items()]})
+
+    def _gap_p(self, dt: float) -> float:
+        return dt / self.gap_every_s / len(self.symbols)
+
+    def _recentre(self, s: SymbolState, bids: dict, asks: dict) -> None:
+        """Keep `depth` grid levels a side around mid; report every level that changed."""
+        spec, tick = s.spec, s.spec.tick
+        best_bid = math.floor(s.mid / tick - 0.5) * tick
+        best_ask = best_bid + tick
+        want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
+        want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
+        for side, want, changes in ((s.bids, want_bid, bids), (s.asks, want_ask, asks)):
+            for p in [p for p in side if p not in want]:
+                del side[p]
+                changes[p] = 0.0
+            for p in want:
+                if p not in side:
+                    k = abs(p - s.mid) / tick
+                    size = self._level_size(spec, k)
+                    side[p] = size
+                    changes[p] = size
+        if len(s.orders) > 4000:  # bound the maker orders we track (oldest forgotten)
+            for oid in list(s.orders)[:1000]:
+                del s.orders[oid]
+
+    def _level_size(self, spec: SymbolSpec, k: float) -> float:
+        base = spec.level_notional / spec.price
+        return round(base * (0.6 + 0.08 * k) * self.rng.lognormvariate(0.0, 0.35), 6)
+
+    def _maker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
+        rng, spec = self.rng, s.spec
+        acct = rng.choice(self.makers)
+        if s.orders and rng.random() < 0.48:
+            oid = rng.choice(list(s.orders)) if len(s.orders) < 64 else next(iter(s.orders))
+            acct, side, px, size = s.orders.pop(oid)
+            book, changes = (s.bids, bids) if side == "buy" else (s.asks, asks)
+            if px in book:
+                book[px] = max(round(book[px] - size, 6), 0.0)
+                if book[px] <= 0:
+                    del book[px]
+                    changes[px] = 0.0
+                else:
+                    changes[px] = book[px]
+            out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": oid, "account": acct,
+                        "action": "cancel", "side": side, "price": px, "size": size})
+            return
+        side = "buy" if rng.random() < 0.5 else "sell"
+        book, changes = (s.bids, bids) if side == "buy" else (s.asks, asks)
+        if not book:
+            return
+        levels = sorted(book, reverse=(side == "buy"))[: min(10, len(book))]
+        px = levels[min(int(rng.expovariate(0.5)), len(levels) - 1)]
+        size = round(spec.level_notional / spec.price * rng.uniform(0.05, 0.3), 6)
+        book[px] = round(book[px] + size, 6)
+        changes[px] = book[px]
+        oid = self.next_order_id
+        self.next_order_id += 1
+        s.orders[oid] = (acct, side, px, size)
+        out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": oid, "account": acct,
+                    "action": "new", "side": side, "price": px, "size": size})
+
+    def _taker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
+        rng, spec = self.rng, s.spec
+        side = "buy" if rng.random() < 0.5 else "sell"
+        book, changes = (s.asks, asks) if side == "buy" else (s.bids, bids)
+        if not book:
+            return
+        px = min(book) if side == "buy" else max(book)
+        size = round(min(book[px] * rng.uniform(0.05, 0.6), book[px]), 6)
+        if size <= 0:
+            return
+        left = round(book[px] - size, 6)
+        if left <= 0:
+            del book[px]
+            changes[px] = 0.0
+        else:
+            book[px] = left
+            changes[px] = left
+        s.last = px
+        taker = f"a-{rng.randrange(len(self.accounts)):05d}"
+        oid = self.next_order_id
+        self.next_order_id += 1
+        out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": oid, "account": taker,
+                    "action": "fill", "side": side, "price": px, "size": size})
+        out.append({"type": "trade", "symbol": spec.name, "ts": self.ts, "price": px, "size": size, "side": side})
+
+    def _mark(self, s: SymbolState) -> dict:
+        rng = self.rng
+        s.funding = min(max(s.funding + rng.gauss(0, 2e-6), -0.00075), 0.00075)
+        index = s.mid * (1 + rng.gauss(0, 5e-5))
+        mark = index * (1 + s.funding * 0.5 + rng.gauss(0, 2e-5))
+        ev = {"type": "mark", "symbol": s.spec.name, "ts": self.ts, "mark": _r(mark), "index": _r(index),
+              "funding_rate": round(s.funding, 8), "open_interest": round(s.open_interest, 4)}
+        if s.last:
+            ev["last"] = s.last
+        return ev
+
+    def _snapshot(self, s: SymbolState) -> dict:
+        return {"type": "book", "symbol": s.spec.name, "ts": self.ts, "seq": s.seq, "snapshot": True,
+                "bids": [[p, q] for p, q in sorted(s.bids.items(), reverse=True)],
+                "asks": [[p, q] for p, q in sorted(s.asks.items())]}
+
+    # -- accounts ------------------------------------------------------------------------
+    def _positions(self, dt: float, out: list[dict]) -> None:
+        rng = self.rng
+        n = _poisson(rng, self.position_rate * dt)
+        if self.bootstrap:  # the first positions of every account, over the first seconds
+            n += min(len(self.bootstrap), max(1, len(self.accounts) * self.step_ms // 5000))
+        for _ in range(n):
+            if self.bootstrap:
+                a = self.accounts[self.bootstrap.pop()]
+                picks = rng.sample(self.symbols, k=min(len(self.symbols), 1 + int(rng.random() < 0.35)))
+            else:
+                a = rng.choice(self.accounts)
+                picks = [rng.choice(self.symbols)]
+            for s in picks:
+                self._change_position(a, s, out)
+            out.append(self._account_event(a))
+
+    def _change_position(self, a: AccountSim, s: SymbolState, out: list[dict]) -> None:
+        rng = self.rng
+        lev = float(rng.choice((2, 3, 3, 5, 5, 5, 10, 10, 15, 20)))
+        old = a.positions.get(s.spec.name)
+        if old is not None and rng.random() < 0.25:
+            size, entry = 0.0, old[1]
+        else:
+            notional = a.equity * lev * rng.uniform(0.1, 0.5)
+            size = round(notional / s.mid * (1 if rng.random() < 0.52 else -1), 6)
+            entry = _r(s.mid)
+        s.open_interest = max(0.0, s.open_interest - abs(old[0]) if old else s.open_interest) + abs(size)
+        if size == 0:
+            a.positions.pop(s.spec.name, None)
+        else:
+            a.positions[s.spec.name] = (size, entry, lev)
+        ev = {"type": "position", "account": a.name, "symbol": s.spec.name, "ts": self.ts, "size": size,
+              "entry_price": entry, "leverage": lev, "margin_mode": "isolated" if a.isolated else "cross"}
+        if size:
+            sign = 1 if size > 0 else -1
+            ev["liq_price"] = _r(max(entry * (1 - sign * (1 / lev - MMR)), 0.0))
+        out.append(ev)
+
+    def _account_event(self, a: AccountSim) -> dict:
+        mm = sum(abs(sz) * self.by_name[sym].mid * MMR for sym, (sz, _, _) in a.positions.items())
+        return {"type": "account", "account": a.name, "ts": self.ts, "equity": round(a.equity, 2),
+                "maintenance_margin": round(mm, 2)}
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    """Knuth's method; lam is small (a few per step)."""
+    if lam <= 0:
+        return 0
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.10g}")
