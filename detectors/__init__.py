@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from detectors.base import Detector, DetectorConfigError, build_config
+from detectors.cancel_burst import CancelBurst
 from detectors.feed_gap import FeedGap
 
 REGISTRY: dict[str, type[Detector]] = {
     FeedGap.name: FeedGap,
+    CancelBurst.name: CancelBurst,
 }
 
 

@@ -85,3 +85,13 @@ def test_crossed_snapshot_is_repaired():
     book.apply(1, True, [(101.0, 1.0), (99.0, 1.0)], [(100.0, 1.0), (102.0, 1.0)])
     assert not book.is_crossed()
     assert book.best_bid() == 99.0 and book.best_ask() == 102.0
+
+
+def test_pulled_liquidity_is_counted_near_and_far():
+    """Size taken off levels is counted as notional, and separately near the touch."""
+    book = L2Book("X")
+    book.near_bps = 100  # 1%
+    book.apply(1, True, [(100.0, 5.0), (90.0, 5.0)], [(101.0, 5.0), (120.0, 5.0)])
+    book.apply(2, False, [(100.0, 3.0), (90.0, 0.0)], [(101.0, 6.0), (120.0, 1.0)])
+    assert book.pulled == 2 * 100.0 + 5 * 90.0 + 4 * 120.0
+    assert book.pulled_near == 2 * 100.0

@@ -50,6 +50,7 @@ class MarketState:
         self.max_symbols = max_symbols
         self.rejected_symbols = 0  # events dropped because the symbol table was full
         self.last_book_status: Status = "ok"
+        self.last_prev_position: Pos | None = None  # what the last position event replaced
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
             Account: self._account, Order: _noop, Liquidation: _noop, Heartbeat: _noop,
@@ -115,8 +116,8 @@ class MarketState:
     def _position(self, ev: Position) -> bool:
         if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
             return False
-        self.accounts.position(str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage,
-                               ev.margin_mode, ev.liq_price, ev.ts)
+        _, self.last_prev_position = self.accounts.position(
+            str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
         return True
 
     def _account(self, ev: Account) -> bool:

@@ -24,6 +24,7 @@ Status = Literal["snapshot", "ok", "gap", "ignored"]
 class L2Book:
     __slots__ = (
         "symbol", "bids", "asks", "seq", "seq_before_gap", "reliable", "gaps", "crossed", "last_ts",
+        "near_bps", "pulled", "pulled_near",
         "_best_bid", "_best_ask", "_version", "_sorted_version", "_sorted_bids", "_sorted_asks",
     )
 
@@ -37,6 +38,11 @@ class L2Book:
         self.gaps = 0
         self.crossed = 0  # levels removed because a newer level crossed them
         self.last_ts = 0
+        # Liquidity taken off levels by deltas (cancels and fills alike), as running notional
+        # totals; detectors difference them per window to infer cancels on L2-only feeds.
+        self.near_bps = 10.0  # "near the touch": within this of the best price on its side
+        self.pulled = 0.0
+        self.pulled_near = 0.0
         self._best_bid: float | None = None
         self._best_ask: float | None = None
         self._version = 0
@@ -73,22 +79,41 @@ class L2Book:
             return "gap"
         self.seq = seq
         # _set_bid/_set_ask inlined for the common cases: this loop is the hottest in perpwatch.
-        book = self.bids
+        near = self.near_bps / 1e4
+        pulled = pulled_near = 0.0
+        book, bb = self.bids, self._best_bid
         for p, s in bids:
+            old = book.get(p)
+            if old is not None and s < old:
+                pulled += (old - s) * p
+                if bb is not None and p >= bb * (1 - near):
+                    pulled_near += (old - s) * p
             if s > 0:
                 book[p] = s
                 if self._best_bid is None or p > self._best_bid:
                     self._set_bid(p, s)
-            elif book.pop(p, None) is not None and p == self._best_bid:
-                self._best_bid = max(book) if book else None
-        book = self.asks
+            elif old is not None:
+                del book[p]
+                if p == self._best_bid:
+                    self._best_bid = max(book) if book else None
+        book, ba = self.asks, self._best_ask
         for p, s in asks:
+            old = book.get(p)
+            if old is not None and s < old:
+                pulled += (old - s) * p
+                if ba is not None and p <= ba * (1 + near):
+                    pulled_near += (old - s) * p
             if s > 0:
                 book[p] = s
                 if self._best_ask is None or p < self._best_ask:
                     self._set_ask(p, s)
-            elif book.pop(p, None) is not None and p == self._best_ask:
-                self._best_ask = min(book) if book else None
+            elif old is not None:
+                del book[p]
+                if p == self._best_ask:
+                    self._best_ask = min(book) if book else None
+        if pulled:
+            self.pulled += pulled
+            self.pulled_near += pulled_near
         self._version += 1
         return "ok"
 

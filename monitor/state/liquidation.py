@@ -1,0 +1,90 @@
+"""Liquidation prices: where a position's equity falls to its maintenance requirement.
+
+With q = |size|, E = entry, L = leverage, m = maintenance-margin rate (from the tier of
+the position's notional), f = taker fee charged on the forced close, F = funding the
+position will pay at the next funding time (negative when it receives):
+
+isolated (margin q·E/L is all it has):
+    long   P = (E − E/L + F/q) / (1 − m − f)
+    short  P = (E + E/L − F/q) / (1 + m + f)
+
+cross (the account's equity Eq is shared; M is the current mark, MMo the maintenance
+margin of the account's other positions, held at their current marks):
+    long   P = (MMo − Eq + q·M + F) / (q·(1 − m − f))
+    short  P = (Eq + q·M − F − MMo) / (q·(1 + m + f))
+
+Tiers are looked up on the notional at the liquidation price and the price recomputed
+once when that lands in another bracket (as venues document). ``None`` means the
+position cannot be liquidated by price alone (e.g. a long backed by more than its
+notional).
+
+>>> round(liquidation_price(1.0, 100.0, 10.0, tiers=((float("inf"), 0.005),), fee=0.0), 4)  # long 10x
+90.4523
+>>> round(liquidation_price(-1.0, 100.0, 10.0, tiers=((float("inf"), 0.005),), fee=0.0), 4)  # short 10x
+109.4527
+"""
+
+from __future__ import annotations
+
+Tiers = tuple[tuple[float, float], ...]  # (notional up to, maintenance rate), ascending
+
+DEFAULT_TIERS: Tiers = ((50_000.0, 0.004), (250_000.0, 0.005), (1_000_000.0, 0.01),
+                        (5_000_000.0, 0.025), (float("inf"), 0.05))
+
+
+def maintenance_rate(notional: float, tiers: Tiers = DEFAULT_TIERS) -> float:
+    for cap, rate in tiers:
+        if notional <= cap:
+            return rate
+    return tiers[-1][1]
+
+
+def funding_payment(size: float, mark: float, funding_rate: float | None) -> float:
+    """What the position pays at the next funding (longs pay a positive rate)."""
+    if not funding_rate:
+        return 0.0
+    return size * mark * funding_rate
+
+
+def liquidation_price(size: float, entry: float, leverage: float, *, tiers: Tiers = DEFAULT_TIERS,
+                      fee: float = 0.0005, funding: float = 0.0, cross_equity: float | None = None,
+                      mark: float | None = None, other_mm: float = 0.0) -> float | None:
+    """The price at which this position is liquidated, or None if there is none.
+
+    ``funding`` is the payment at the next funding time (``funding_payment``). For a
+    cross position pass ``cross_equity`` (the account's equity now), ``mark`` (the
+    symbol's mark now) and ``other_mm`` (maintenance margin of its other positions).
+    """
+    if size == 0 or entry <= 0:
+        return None
+    q = abs(size)
+    long = size > 0
+    rate = maintenance_rate(q * entry, tiers)
+    price = None
+    for _ in range(2):  # once more if the price at liquidation falls in another bracket
+        price = _solve(long, q, entry, leverage, rate, fee, funding, cross_equity, mark, other_mm)
+        if price is None:
+            return None
+        new_rate = maintenance_rate(q * price, tiers)
+        if new_rate == rate:
+            break
+        rate = new_rate
+    return price
+
+
+def _solve(long: bool, q: float, entry: float, leverage: float, m: float, f: float, funding: float,
+           equity: float | None, mark: float | None, other_mm: float) -> float | None:
+    if equity is None:  # isolated
+        if leverage <= 0:
+            return None
+        if long:
+            p = (entry - entry / leverage + funding / q) / (1 - m - f)
+        else:
+            p = (entry + entry / leverage - funding / q) / (1 + m + f)
+    else:
+        ref = mark if mark is not None else entry
+        if long:
+            p = (other_mm - equity + q * ref + funding) / (q * (1 - m - f))
+        else:
+            p = (equity + q * ref - funding - other_mm) / (q * (1 + m + f))
+    return p if p > 0 else None
