@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="perpwatch: early warning for perpetual-futures exchanges.")
 err = Console(stderr=True, soft_wrap=True)
 
+FORMATS = ("perpwatch", "binance-usdm", "bybit-v5")
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
@@ -85,6 +87,8 @@ def check_config(file: Path = typer.Argument(..., help="TOML config file.")) -> 
 @app.command()
 def run(config: Path = ConfigOpt) -> None:
     """Run the daemon: connect to the sources, detect, store, alert. SIGTERM drains."""
+    # Until the event loop takes SIGTERM over, nothing has been received: stopping is clean.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cfg = load_config(config)
     if not cfg.sources:
         raise fail("config error: sources: at least one [[sources]] entry is required to run", 2)
@@ -113,6 +117,8 @@ def replay(
     if not file.exists():
         raise fail(f"no such recording: {file}", 2)
     fmt = fmt or (cfg.sources[0].format if cfg.sources else "perpwatch")
+    if fmt not in FORMATS:
+        raise fail(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})", 2)
     with user_errors():
         codec = make_codec(config_mod.SourceConfig(name="replay", url="ws://replay.invalid/", format=fmt,
                                                    symbols=["*"]))

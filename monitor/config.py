@@ -89,7 +89,7 @@ Format = Literal["perpwatch", "binance-usdm", "bybit-v5"]
 
 class SourceConfig(_Section):
     name: str
-    url: str
+    url: str = ""  # required for "perpwatch"; public venues default to their production endpoint
     format: Format = "perpwatch"
     symbols: list[str] = []  # public venues: what to subscribe to
     rest_url: str | None = None  # public venues: REST base for book snapshots
@@ -235,11 +235,15 @@ def validate(cfg: Config) -> None:
         if s.name in seen:
             raise ConfigError(f"{k}.name", f"duplicate source name {s.name!r}")
         seen.add(s.name)
-        _check_url(f"{k}.url", s.url, ("ws", "wss"))
+        if s.url or s.format == "perpwatch":
+            _check_url(f"{k}.url", s.url, ("ws", "wss"))
         if s.rest_url is not None:
             _check_url(f"{k}.rest_url", s.rest_url, ("http", "https"))
         if s.format != "perpwatch" and not s.symbols:
             raise ConfigError(f"{k}.symbols", f"format {s.format!r} needs the symbols to subscribe to")
+        if s.format == "binance-usdm" and len(s.symbols) * 4 > 1024:
+            raise ConfigError(f"{k}.symbols", "Binance allows 1024 streams per connection (4 per symbol): "
+                              "split the symbols over several sources")
         _positive(f"{k}.max_frame_bytes", s.max_frame_bytes)
         _positive(f"{k}.reconnect_max", s.reconnect_max.seconds)
     if not cfg.store.path.strip():

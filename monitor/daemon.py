@@ -23,7 +23,6 @@ import structlog
 
 from detectors import build_detectors
 from monitor.codecs import Codec
-from monitor.codecs.native import NativeCodec
 from monitor.config import Config, ConfigError, SourceConfig
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
@@ -31,6 +30,7 @@ from monitor.pipeline import Pipeline
 from monitor.sources import SourceStatus, run_websocket
 from monitor.state import MarketState
 from monitor.store import Store
+from monitor.venues import RestSnapshot, Session, make_session
 
 log = structlog.get_logger("perpwatch.daemon")
 
@@ -44,9 +44,7 @@ class AnomalySink(Protocol):
 
 
 def make_codec(src: SourceConfig) -> Codec:
-    if src.format == "perpwatch":
-        return NativeCodec()
-    raise ConfigError("sources.format", f"format {src.format!r} is not available in this build")
+    return make_session(src).codec
 
 
 def build_pipeline(cfg: Config) -> Pipeline:
@@ -65,7 +63,8 @@ class Daemon:
                  store: Store | None = None, pipeline: Pipeline | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline or build_pipeline(cfg)
-        self.codecs: dict[str, Codec] = {s.name: make_codec(s) for s in cfg.sources}
+        self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
+        self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
         self.store = store or Store(cfg.store.path)
         self.sinks = list(sinks or [])
@@ -132,10 +131,15 @@ class Daemon:
         queue = self._queue
         assert queue is not None
 
-        async def sink(frame: bytes | str) -> None:
+        async def sink(frame: bytes | str | RestSnapshot) -> None:
             await queue.put((src.name, frame))
 
-        await run_websocket(src, sink, self.status[src.name])
+        session = self.sessions[src.name]
+        resync = asyncio.create_task(session.resync(sink), name=f"resync:{src.name}")
+        try:
+            await run_websocket(src, sink, self.status[src.name], session)
+        finally:
+            resync.cancel()
 
     async def _process_forever(self) -> None:
         queue = self._queue
@@ -153,8 +157,11 @@ class Daemon:
                     await asyncio.sleep(0)  # let sources, the flusher and signals run under load
             self._handle(name, frame)
 
-    def _handle(self, name: str, frame: bytes | str) -> None:
-        events = self.codecs[name].decode(frame)
+    def _handle(self, name: str, frame: bytes | str | RestSnapshot) -> None:
+        if isinstance(frame, RestSnapshot):
+            events = self.sessions[name].apply(frame)
+        else:
+            events = self.codecs[name].decode(frame)
         if events:
             found = self.pipeline.process(events)
             if found:

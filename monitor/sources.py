@@ -85,14 +85,17 @@ class SourceStatus:
 FrameSink = Callable[[bytes | str], Awaitable[None]]
 
 
-async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus,
-                        on_connect: Callable[[object], Awaitable[None]] | None = None,
+async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus, session=None,
                         delays: Iterator[float] | None = None) -> None:
-    """Read frames from ``cfg.url`` forever, reconnecting; cancel the task to stop."""
+    """Read frames from the session's URL forever, reconnecting; cancel the task to stop."""
+    from monitor.venues import Session
+
+    session = session or Session(cfg, None)
     delays = delays or backoff_delays(cap=cfg.reconnect_max.seconds)
     while True:
+        keepalive = None
         try:
-            async with connect(cfg.url, max_size=cfg.max_frame_bytes, open_timeout=10,
+            async with connect(session.url(), max_size=cfg.max_frame_bytes, open_timeout=10,
                                ping_interval=cfg.ping_interval.seconds,
                                ping_timeout=cfg.ping_timeout.seconds,
                                compression="deflate", max_queue=64) as ws:
@@ -100,13 +103,19 @@ async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus
                 status.connects += 1
                 log.info("source_connected", source=cfg.name, connects=status.connects)
                 delays = backoff_delays(cap=cfg.reconnect_max.seconds)  # reset after a good connection
-                if on_connect is not None:
-                    await on_connect(ws)
+                await session.on_connect(ws)
+                keepalive = asyncio.create_task(session.keepalive(ws), name=f"keepalive:{cfg.name}")
+                opened = time.monotonic()
                 async for frame in ws:
                     status.frames += 1
                     status.bytes += len(frame)
                     status.last_frame_wall = time.time()
                     await sink(frame)
+                    if session.max_age_s is not None and time.monotonic() - opened > session.max_age_s:
+                        log.info("source_recycled", source=cfg.name, reason="max connection age")
+                        break
+                if session.max_age_s is not None and time.monotonic() - opened > session.max_age_s:
+                    continue
                 raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
         except asyncio.CancelledError:
             raise
@@ -125,6 +134,9 @@ async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus
             log.log(40 if kind == "fatal" else 30, "source_disconnected", source=cfg.name,
                     error=status.last_error, retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
 
 
 def read_recording(path: str | Path) -> Iterator[bytes]:

@@ -150,6 +150,10 @@ class Store:
         try:
             with self._lock:
                 rows = self.db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):  # the daemon is creating the store right now
+                return []
+            raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
         except sqlite3.Error as e:
             raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
         return [_row(r) for r in rows]
