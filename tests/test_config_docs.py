@@ -34,3 +34,13 @@ def test_every_key_is_documented():
         block = text.split(f"[detectors.{name}]", 1)[1].split("\n[", 1)[0]
         missing = {k for k in keys_of(cls.Config) if not re.search(rf"^#?\s*{k}\s*=", block, flags=re.M)}
         assert not missing, (name, sorted(missing))
+
+
+def test_examples_are_valid():
+    """Every example config passes check-config (with its secrets provided)."""
+    env = {"PERPWATCH_HOOK_SECRET": "x", "PERPWATCH_SLACK_URL": "https://hooks.slack.example/T/B/X"}
+    examples = sorted((ROOT / "config" / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        r = perpwatch("check-config", str(path), env=env)
+        assert r.returncode == 0, (path.name, r.stderr)
