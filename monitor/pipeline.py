@@ -14,9 +14,11 @@ which is why a recorded hour replays in seconds and gives the same anomalies.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable, Iterable
 
 from detectors import build_detectors
 from detectors.base import Detector
+from monitor.codecs import Codec
 from monitor.events import EVENT_TYPES, Anomaly, Event
 from monitor.state import EventClock, MarketState
 
@@ -72,6 +74,27 @@ class Pipeline:
         for d in self.detectors:
             out.extend(d.flush(self.state))
         return out
+
+    def run_frames(self, frames: Iterable[bytes | str], codec: Codec,
+                   on_batch: Callable[[list[Anomaly]], None] | None = None, batch: int = 1000) -> list[Anomaly]:
+        """Decode and process recorded frames to the end (flushing at the end).
+
+        With ``on_batch`` the anomalies are handed over in batches (and not returned), so
+        a long replay holds at most ``batch`` of them.
+        """
+        kept: list[Anomaly] = []
+        for frame in frames:
+            found = self.process(codec.decode(frame))
+            if found:
+                kept.extend(found)
+                if on_batch is not None and len(kept) >= batch:
+                    on_batch(kept)
+                    kept = []
+        kept.extend(self.flush())
+        if on_batch is not None:
+            on_batch(kept)
+            return []
+        return kept
 
     def checkpoint(self) -> dict:
         """Everything needed to resume warm (picklable)."""

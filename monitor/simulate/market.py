@@ -47,6 +47,7 @@ DEFAULT_SYMBOLS = [
 ]
 
 MMR = 0.005  # maintenance margin rate used for the accounts' liquidation prices
+FAR_LEVELS = 25  # coarse-grid levels a side beyond the tick levels (20 bps apart: out to ~5%)
 
 
 @dataclass
@@ -61,6 +62,9 @@ class SymbolState:
     funding: float = 0.0001
     open_interest: float = 0.0
     resync_at: int = 0  # event time of the snapshot that ends a dropped-message gap
+    drift_per_s: float = 0.0  # scenarios push prices with this (log return per second)
+    thin: float = 1.0  # scenarios thin the book: level sizes are multiplied by this
+    coarse: float = 0.0  # grid step of the far levels (set at start: 20 bps of the price)
 
 
 @dataclass
@@ -87,7 +91,8 @@ class Market:
         self.maker_rate = maker_rate  # new + cancel orders per second per symbol
         self.taker_rate = taker_rate  # taker trades per second per symbol
         self.position_rate = position_rate  # position changes per second, whole market
-        self.symbols = [SymbolState(s, s.price) for s in DEFAULT_SYMBOLS[:symbols]]
+        self.symbols = [SymbolState(s, s.price, coarse=_tick_round(s.price * 0.002, s.tick))
+                        for s in DEFAULT_SYMBOLS[:symbols]]
         self.by_name = {s.spec.name: s for s in self.symbols}
         self.accounts = [AccountSim(f"a-{i:05d}", self.rng.lognormvariate(math.log(20_000), 1.0),
                                     isolated=self.rng.random() < 0.15) for i in range(accounts)]
@@ -132,7 +137,7 @@ class Market:
     def _step_symbol(self, s: SymbolState, factor: float, dt: float, out: list[dict]) -> None:
         spec, rng = s.spec, self.rng
         sd = spec.vol_per_s * math.sqrt(dt)
-        s.mid *= math.exp(sd * (spec.beta * factor * 0.7 + rng.gauss(0.0, 1.0) * 0.7))
+        s.mid *= math.exp(sd * (spec.beta * factor * 0.7 + rng.gauss(0.0, 1.0) * 0.7) + s.drift_per_s * dt)
         bids, asks = {}, {}  # this step's level changes: price -> new absolute size
         self._recentre(s, bids, asks)
         for _ in range(_poisson(rng, self.maker_rate * dt)):
@@ -158,12 +163,21 @@ class Market:
         return dt / self.gap_every_s / len(self.symbols)
 
     def _recentre(self, s: SymbolState, bids: dict, asks: dict) -> None:
-        """Keep `depth` grid levels a side around mid; report every level that changed."""
-        spec, tick = s.spec, s.spec.tick
+        """Keep `depth` tick levels a side around mid, then `far` levels on a coarse grid out
+        to ~5% (anchored in price, so they move only when mid crosses a grid step)."""
+        spec, tick, coarse = s.spec, s.spec.tick, s.coarse
         best_bid = math.floor(s.mid / tick - 0.5) * tick
         best_ask = best_bid + tick
         want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
         want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
+        inner_bid, inner_ask = best_bid - self.depth * tick, best_ask + self.depth * tick
+        anchor = math.floor(s.mid / coarse) * coarse
+        for j in range(1, FAR_LEVELS + 1):
+            pb, pa = round(anchor - j * coarse, 10), round(anchor + (j + 1) * coarse, 10)
+            if pb < inner_bid:
+                want_bid.add(pb)
+            if pa > inner_ask:
+                want_ask.add(pa)
         for side, want, changes in ((s.bids, want_bid, bids), (s.asks, want_ask, asks)):
             for p in [p for p in side if p not in want]:
                 del side[p]
@@ -171,16 +185,29 @@ class Market:
             for p in want:
                 if p not in side:
                     k = abs(p - s.mid) / tick
-                    size = self._level_size(spec, k)
+                    size = self._level_size(spec, k, far=abs(p - s.mid) > self.depth * tick) * s.thin
                     side[p] = size
                     changes[p] = size
         if len(s.orders) > 4000:  # bound the maker orders we track (oldest forgotten)
             for oid in list(s.orders)[:1000]:
                 del s.orders[oid]
 
-    def _level_size(self, spec: SymbolSpec, k: float) -> float:
+    def emit_book(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
+        """Scenarios: set levels (absolute sizes, 0 removes) and send them as one book message."""
+        for side, changes in ((s.bids, bids), (s.asks, asks)):
+            for p, q in changes.items():
+                if q > 0:
+                    side[p] = q
+                else:
+                    side.pop(p, None)
+        s.seq += 1
+        out.append({"type": "book", "symbol": s.spec.name, "ts": self.ts, "seq": s.seq,
+                    "bids": [[p, q] for p, q in bids.items()], "asks": [[p, q] for p, q in asks.items()]})
+
+    def _level_size(self, spec: SymbolSpec, k: float, far: bool = False) -> float:
         base = spec.level_notional / spec.price
-        return round(base * (0.6 + 0.08 * k) * self.rng.lognormvariate(0.0, 0.35), 6)
+        scale = 3.0 if far else 0.6 + 0.08 * k
+        return round(base * scale * self.rng.lognormvariate(0.0, 0.35), 6)
 
     def _maker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
         rng, spec = self.rng, s.spec
@@ -310,6 +337,10 @@ def _poisson(rng: random.Random, lam: float) -> int:
         if p <= limit:
             return k
         k += 1
+
+
+def _tick_round(x: float, tick: float) -> float:
+    return max(tick, round(round(x / tick) * tick, 10))
 
 
 def _r(x: float) -> float:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 
 class EventClock:
-    __slots__ = ("tick_ms", "max_catchup", "now", "next_tick", "skipped")
+    __slots__ = ("tick_ms", "max_catchup", "first", "now", "next_tick", "skipped")
 
     def __init__(self, tick_ms: int = 250, max_catchup: int = 8) -> None:
         if tick_ms <= 0:
             raise ValueError("tick_ms must be > 0")
         self.tick_ms = tick_ms
         self.max_catchup = max_catchup
+        self.first = 0  # the first event time seen
         self.now = 0  # the latest event time seen
         self.next_tick = 0
         self.skipped = 0
@@ -30,6 +31,7 @@ class EventClock:
             return []
         self.now = ts
         if self.next_tick == 0:
+            self.first = ts
             self.next_tick = (ts // self.tick_ms + 1) * self.tick_ms
             return []
         if ts < self.next_tick:
