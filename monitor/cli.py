@@ -179,18 +179,23 @@ def anomalies(
 @app.command()
 def demo(
     duration: float = typer.Option(120.0, "--duration", help="Seconds of wall time to run."),
-    speed: float = typer.Option(1.0, "--speed", help="Simulated seconds per wall second (0: as fast as possible)."),
+    speed: float = typer.Option(15.0, "--speed", help="Simulated seconds per wall second."),
+    scenario: str = typer.Option("mixed", "--scenario", help="Which labelled scenario the simulator plays."),
     seed: int = typer.Option(7, "--seed", help="The simulator's random seed."),
     symbols: int = typer.Option(6, "--symbols", min=1, max=8, help="How many perpetuals to simulate."),
-    accounts: int = typer.Option(3000, "--accounts", min=1, help="How many accounts hold positions."),
-    gap_every: float = typer.Option(30.0, "--gap-every", help="Mean simulated seconds between dropped book messages."),
+    accounts: int = typer.Option(3000, "--accounts", min=100, help="How many accounts hold positions."),
     workdir: Optional[Path] = typer.Option(None, "--dir", help="Where the demo store goes (default: a temp dir)."),
 ) -> None:
     """Run the built-in exchange simulator and the daemon against it, on 127.0.0.1."""
     from monitor.demo import run_demo
+    from monitor.simulate.scenarios import SCENARIOS
 
+    if scenario not in SCENARIOS:
+        raise fail(f"--scenario: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})", 2)
+    if speed <= 0:
+        raise fail("--speed: must be > 0", 2)
     with user_errors():
-        code = asyncio.run(run_demo(duration, speed, seed, symbols, accounts, gap_every, workdir, Console()))
+        code = asyncio.run(run_demo(duration, speed, seed, symbols, accounts, scenario, workdir, Console()))
     raise typer.Exit(code)
 
 

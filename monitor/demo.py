@@ -14,40 +14,50 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
 
 from monitor import logs
 from monitor.config import load
 from monitor.daemon import Daemon
 from monitor.events import Anomaly
-from monitor.simulate.market import Market
+from monitor.simulate.scenarios import build
 from monitor.simulate.server import FeedServer
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
 class ConsoleSink:
-    """Prints each stored anomaly as one line."""
+    """Keeps the latest anomalies for the live view; counts them by kind."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, keep: int = 12) -> None:
         self.kinds: Counter[str] = Counter()
+        self.latest: list[Anomaly] = []
+        self.keep = keep
 
     async def handle(self, anomalies: list[Anomaly]) -> None:
-        from monitor.cli import fmt_ts, summarize_detail
-
         for a in anomalies:
             self.kinds[a.kind] += 1
-            style = SEVERITY_STYLE.get(a.severity, "")
-            who = a.symbol or ""
-            if a.account:
-                who += f" {a.account}"
-            self.console.print(f"[dim]{fmt_ts(a.ts)}[/] [{style}]{a.severity:8s}[/] [bold]{a.kind}[/] {who} "
-                               f"score={a.score:.3g}  [dim]{summarize_detail(a.detail, 110)}[/]", highlight=False)
+        self.latest = (self.latest + anomalies)[-self.keep:]
 
     async def drain(self, deadline: float) -> None:
         return None
+
+    def table(self) -> Table:
+        from monitor.cli import fmt_ts, summarize_detail
+
+        t = Table(expand=True, title="latest anomalies (event time)", title_justify="left")
+        for col, kw in (("time", {"no_wrap": True}), ("severity", {}), ("kind", {}), ("symbol", {}),
+                        ("account", {}), ("score", {}), ("detail", {"ratio": 1, "overflow": "ellipsis",
+                                                                   "no_wrap": True})):
+            t.add_column(col, **kw)
+        for a in reversed(self.latest):
+            style = SEVERITY_STYLE.get(a.severity, "")
+            t.add_row(fmt_ts(a.ts)[11:], f"[{style}]{a.severity}[/]", a.kind, a.symbol or "", a.account or "",
+                      f"{a.score:.3g}", summarize_detail(a.detail, 200))
+        return t
 
 
 def write_demo_config(workdir: Path, feed_url: str) -> Path:
@@ -72,35 +82,63 @@ format = "console"
 
 
 async def run_demo(duration: float, speed: float, seed: int, symbols: int, accounts: int,
-                   gap_every_s: float, workdir: Path | None, console: Console) -> int:
+                   scenario: str, workdir: Path | None, console: Console) -> int:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="perpwatch-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    market = Market(seed=seed, symbols=symbols, accounts=accounts, start_ts=int(time.time() * 1000),
-                    gap_every_s=gap_every_s)
+    market, labels = build(scenario, seed=seed, seconds=max(duration * speed, 60.0), symbols=symbols,
+                           accounts=accounts, start_ts=int(time.time() * 1000))
     server = FeedServer(market, speed=speed)
     await server.start()
     cfg_path = write_demo_config(workdir, server.url)
     cfg = load(cfg_path)
     logs.configure(cfg.logging.level, cfg.logging.format)
-    sink = ConsoleSink(console)
+    sink = ConsoleSink()
     daemon = Daemon(cfg, sinks=[sink])
     console.rule("[bold]perpwatch demo")
-    console.print(f"simulated exchange: {symbols} symbols, {accounts} accounts, speed x{speed:g}, "
-                  f"seed {seed} at {server.url}")
-    console.print(f"store: {cfg.store.path}   (Ctrl-C to stop; otherwise {duration:g} s)\n")
+    console.print(f"simulated exchange at {server.url}: scenario {scenario!r}, {symbols} symbols, "
+                  f"{accounts:,} accounts, x{speed:g} speed, seed {seed}; store {cfg.store.path}")
     loop = asyncio.get_running_loop()
     stopper = loop.call_later(duration, daemon.request_stop)
     t0 = time.monotonic()
+    run = asyncio.create_task(daemon.run())
     try:
-        code = await daemon.run()
+        with Live(view(daemon, server, sink, labels, t0), console=console, refresh_per_second=4,
+                  transient=False) as live:
+            while not run.done():
+                await asyncio.wait([run], timeout=0.5)
+                live.update(view(daemon, server, sink, labels, t0))
+        code = run.result()
     finally:
         stopper.cancel()
         await server.stop()
-    elapsed = time.monotonic() - t0
-    console.print()
-    console.print(summary_table(daemon, server, sink, elapsed))
+    console.print(summary_table(daemon, server, sink, time.monotonic() - t0))
     console.print(f"\nquery this run:  perpwatch anomalies --config {cfg_path}")
     return code
+
+
+def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, labels, t0: float) -> Group:
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    events = sum(daemon.pipeline.counts.values())
+    now = daemon.pipeline.clock.now
+    sim_s = (now - daemon.pipeline.clock.first) / 1000 if now else 0.0
+    stats = Table.grid(padding=(0, 3))
+    stats.add_row(f"[bold]{events / elapsed:,.0f}[/] events/s", f"[bold]{events:,}[/] events",
+                  f"[bold]{len(daemon.pipeline.state.marks)}[/] symbols",
+                  f"[bold]{len(daemon.pipeline.state.accounts):,}[/] accounts",
+                  f"simulated [bold]{sim_s:,.0f}[/] s in {elapsed:,.0f} s",
+                  "anomalies: " + (", ".join(f"{k} [bold]{v}[/]" for k, v in sink.kinds.most_common()) or "none yet"))
+    injected = Table.grid(padding=(0, 2))
+    for lb in labels:
+        if lb.kind == "benign_surge":
+            what = "benign surge (must stay silent)"
+        else:
+            what = f"{lb.kind} on {lb.symbol}" + (f" by {lb.account}" if lb.account else "")
+        started = now >= lb.start_ts
+        injected.add_row("[green]●[/]" if started else "[dim]○[/]",
+                         f"+{(lb.start_ts - daemon.pipeline.clock.first) / 1000:,.0f} s" if now else "",
+                         what if started else f"[dim]{what}[/]")
+    return Group(Panel(stats, title="perpwatch"), sink.table(),
+                 Panel(injected, title="what the simulator injects (ground truth)"))
 
 
 def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, elapsed: float) -> Table:

@@ -75,9 +75,10 @@ def test_server_sends_snapshots_then_event_arrays():
 
 def test_demo_runs_and_stops_cleanly(tmp_path):
     """`perpwatch demo` runs the simulator and the daemon, stores anomalies, exits 0."""
-    r = perpwatch("demo", "--duration", "4", "--speed", "20", "--gap-every", "2", "--accounts", "300",
+    r = perpwatch("demo", "--duration", "8", "--speed", "60", "--scenario", "cancel_burst", "--accounts", "300",
+                  "--symbols", "2",
                   "--dir", str(tmp_path), timeout=TIMEOUT * 3)
     assert r.returncode == 0, r.stderr
     assert "demo summary" in r.stdout
-    q = perpwatch("anomalies", "--config", str(tmp_path / "demo.toml"), "--json", "--kind", "feed_gap")
-    assert q.returncode == 0 and json.loads(q.stdout), q.stderr
+    q = perpwatch("anomalies", "--config", str(tmp_path / "demo.toml"), "--json", "--kind", "cancel_burst")
+    assert q.returncode == 0 and json.loads(q.stdout), (q.stderr, r.stdout)

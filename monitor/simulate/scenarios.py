@@ -271,10 +271,13 @@ def build(name: str, seed: int = 7, seconds: float = 600, start_ts: int = 1_732_
         add("benign_surge", max(WARMUP_S + 30, seconds * 0.5))
     elif name == "mixed":
         kinds = ["cancel_burst", "leverage_jump", "leverage_cohort", "thin_book_cluster", "cascade", "benign_surge"]
-        slot, at = 420.0, WARMUP_S + 60.0
-        while at + slot <= seconds:
-            add(rng.choice(kinds), at + rng.uniform(0, slot * 0.3))
-            at += slot
+        rng.shuffle(kinds)  # every kind once, in a seeded order, before any repeats
+        slot, at, i = 330.0, WARMUP_S + 60.0, 0
+        while at + 60 <= seconds:
+            kind = kinds[i % len(kinds)]
+            add(kind, at + rng.uniform(0, 30))
+            at += 420.0 if kind == "cascade" else slot
+            i += 1
     return m, labels
 
 
