@@ -11,10 +11,12 @@ from typing import Any
 from detectors.base import Detector, DetectorConfigError, build_config
 from detectors.cancel_burst import CancelBurst
 from detectors.feed_gap import FeedGap
+from detectors.leverage_jump import LeverageJump
 
 REGISTRY: dict[str, type[Detector]] = {
     FeedGap.name: FeedGap,
     CancelBurst.name: CancelBurst,
+    LeverageJump.name: LeverageJump,
 }
 
 

@@ -4,7 +4,9 @@ A ``Baseline`` is river's exponentially weighted mean and variance of one featur
 the rules river's threshold filters get wrong for bursts: a warm-up count before any
 score counts, a floor under the standard deviation (a flat calm market must not turn a
 tiny wiggle into a huge z), and *protection*: a value scored as anomalous is not
-learned, so a burst does not teach the baseline that bursts are normal.
+learned, so a burst does not teach the baseline that bursts are normal. With
+``readmit_after`` a level refused that many times in a row is learned after all: a
+lasting regime change becomes the new normal instead of alarming forever.
 
 >>> b = Baseline(fading=0.05, warmup=20, std_floor=0.1)
 >>> for x in [1.0, 1.2, 0.9, 1.1] * 10:
@@ -21,14 +23,17 @@ from river import stats
 
 
 class Baseline:
-    __slots__ = ("mean", "var", "n", "warmup", "std_floor")
+    __slots__ = ("mean", "var", "n", "warmup", "std_floor", "readmit_after", "refused")
 
-    def __init__(self, fading: float = 0.02, warmup: int = 120, std_floor: float = 0.25) -> None:
+    def __init__(self, fading: float = 0.02, warmup: int = 120, std_floor: float = 0.25,
+                 readmit_after: int = 0) -> None:
         self.mean = stats.EWMean(fading_factor=fading)
         self.var = stats.EWVar(fading_factor=fading)
         self.n = 0
         self.warmup = warmup
         self.std_floor = std_floor
+        self.readmit_after = readmit_after  # 0: a protected value is never learned
+        self.refused = 0  # consecutive values not learned
 
     @property
     def ready(self) -> bool:
@@ -48,15 +53,20 @@ class Baseline:
         self.var.update(x)
         self.n += 1
 
-    def observe(self, x: float, protect_above: float | None = None) -> float:
+    def observe(self, x: float, protect_above: float | None = None, one_sided: bool = False) -> float:
         """Score ``x`` then learn it (score before learn), unless it is anomalous.
 
-        Returns the z-score. With ``protect_above``, a value whose |z| exceeds it after
-        warm-up is not learned.
+        Returns the z-score. With ``protect_above``, a value whose |z| (``one_sided``: z)
+        reaches it after warm-up is not learned — unless ``readmit_after`` values in a row
+        were refused, in which case this one is learned (a regime change).
         """
         z = self.z(x)
-        if protect_above is None or not self.ready or abs(z) < protect_above:
-            self.learn(x)
+        if protect_above is not None and self.ready and (z if one_sided else abs(z)) >= protect_above:
+            self.refused += 1
+            if not self.readmit_after or self.refused < self.readmit_after:
+                return z
+        self.refused = 0
+        self.learn(x)
         return z
 
     def snapshot(self) -> dict[str, float]:

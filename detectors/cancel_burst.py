@@ -1,21 +1,49 @@
-"""cancel_burst: cancels out of proportion to trading and to the symbol's own normal.
+"""cancel_burst: cancels out of proportion to trading and to their own normal.
 
-Per symbol, over a rolling window of event time (``window_ms``, in tick buckets):
-cancel count and cancelled notional, new orders, trades and traded notional, and the
-notional pulled within ``near_bps`` of the touch. With L3 ``order`` events these are
-exact and attributed to accounts; on L2-only feeds (public venues) the cancelled
-notional is inferred as liquidity taken off levels that trades do not explain.
+Features, summed per symbol over a sliding ``window_ms`` of event time (kept as one bucket
+per tick, so a tick costs one bucket in and the expired ones out): cancel count, cancelled
+notional, new orders, trades and traded notional, and the cancelled notional within
+``near_bps`` of the touch. With L3 ``order`` events they are exact and attributed to
+accounts. On L2-only feeds (public venues) cancels are inferred: at each price, the size a
+book delta took off the level minus the size traded at that price (trades not yet matched
+by a delta are carried one tick, then dropped).
 
-Two robust baselines (EW mean/variance in log space, river ``stats``) judge it:
-``z_cancel`` of log cancelled notional and ``z_ratio`` of log(cancelled / traded). A burst
-needs both — a benign surge where trades, orders and cancels all rise together moves
-the first but not the second. A shallow river ``HalfSpaceTrees`` on min-max-scaled
-features gives a second opinion, reported in ``detail`` and never deciding alone.
+Per symbol — each feature has a robust baseline (river EW mean/variance in log space,
+``detectors.baseline.Baseline``: warm-up, std floor, anomalous values not learned). A
+burst needs ``z_cancel`` (cancelled notional) >= ``z_threshold`` AND ``z_ratio``
+(cancelled / traded notional) >= ``ratio_z_threshold``, plus ``min_notional`` and (L3)
+``min_cancels``. A benign surge where trades, orders and cancels rise together (~3x)
+moves the first z but not the second, so it stays silent. Count and near-touch z are
+reported. A shallow river ``HalfSpaceTrees`` on min-max-scaled features learns one window
+in each ``window_ms`` (non-overlapping samples) and scores only candidate ticks: a second
+opinion in ``detail``, never a decision.
 
-Severity: warning when both z cross their thresholds (and the absolute floors);
-critical when both exceed ``z_critical`` or when the notional pulled near the touch in
-the window exceeds what rests there now. A symbol re-fires within ``cooldown_ms`` only if
-its score doubles.
+Per account (L3 only) — the account's cancelled notional in the window against its own
+normal: an exponentially decayed sum with time constant ``account_memory_ms`` in a compact
+LRU table (three doubles per account, at most ``max_accounts``). An account fires when it
+cancels >= ``account_min_cancels`` orders and >= ``account_min_notional`` in the window,
+>= ``account_x`` times its normal (an account with no history has none), and cancels
+>= ``account_fill_ratio`` x what it filled. A symbol anomaly already naming the account at
+that tick takes its place.
+
+Severity: symbol (L3) warning; critical when both z reach ``z_critical`` or the notional
+cancelled near the touch in the window exceeds what rests there now. L2-inferred cancels
+are estimates: info, or warning under the critical rule. Account: warning; critical when
+its near-touch cancels exceed the resting near-touch depth.
+
+Re-arm (``detectors.latch``): one anomaly per episode per symbol (per account); it fires
+again inside an episode only on escalation (higher severity, or ``escalation`` x the
+score), and a new episode starts after the condition has been clear for ``rearm_ms``.
+A symbol whose book is unreliable (sequence gap) is not scored at all: its deltas say
+nothing about cancels (``feed_gap`` speaks for it).
+
+>>> from monitor.events import Order
+>>> from monitor.state import MarketState
+>>> d, st = CancelBurst(CancelBurstConfig(warmup_ticks=4)), MarketState()
+>>> d.on_event(Order(symbol="X", ts=1_732_400_000_000, order_id=1, account="a", action="cancel",
+...                  side="buy", price=10.0, size=1.0), st)
+>>> d.on_tick(1_732_400_000_250, st)
+[]
 """
 
 from __future__ import annotations
@@ -26,75 +54,107 @@ from collections import deque
 from river import anomaly, compose, preprocessing
 
 from detectors.base import Detector, DetectorConfig
-from detectors.baseline import Baseline, Cooldown
+from detectors.baseline import Baseline
+from detectors.latch import Latch
+from detectors.rows import AccountRows
 from monitor.events import Anomaly, Order, Trade
 from monitor.state import MarketState
 
 # indices into a tick bucket
 CANCELS, CANCEL_N, NEWS, NEW_N, TRADES, TRADE_N, NEAR_N = range(7)
+NFEAT = 7
+# indices into an account's per-bucket / per-window list
+A_CANCEL_N, A_CANCELS, A_NEAR_N, A_FILL_N, A_EVENTS = range(5)
+# per-account rows
+R_FIRST, R_LAST, R_SUM = range(3)
 MAX_ACCOUNTS_PER_BUCKET = 10_000
+HST_WINDOW = 40  # HalfSpaceTrees reference window, in learned (non-overlapping) windows
 
 
 class CancelBurstConfig(DetectorConfig, kw_only=True):
     window_ms: int = 2_000  # features are sums over this much event time
-    tick_ms: int = 250  # must match [daemon] tick; buckets per window = window_ms / tick_ms
     near_bps: float = 10.0  # "near the touch": within this of the best price on its side
     z_threshold: float = 4.0  # cancelled notional vs the symbol's baseline (log space)
     ratio_z_threshold: float = 3.0  # cancel-to-trade ratio vs its baseline (log space)
-    z_critical: float = 8.0
+    z_critical: float = 8.0  # both z at least this => critical
     min_cancels: int = 20  # L3: at least this many cancels in the window
     min_notional: float = 50_000.0  # at least this much cancelled notional in the window
     warmup_ticks: int = 240  # ticks of baseline before any anomaly (60 s at 250 ms)
-    fading: float = 0.02  # EW weight of the newest tick
-    cooldown_ms: int = 30_000
-    top_accounts: int = 5
+    fading: float = 0.02  # EW weight of the newest tick in the baselines
+    readmit_ticks: int = 2_400  # an anomalous level lasting this many ticks becomes the new normal
+    rearm_ms: int = 30_000  # an episode ends after the condition is clear this long
+    escalation: float = 2.0  # inside an episode, re-fire only at this x the last score (or higher severity)
+    top_accounts: int = 5  # accounts listed in detail (L3 only)
     account_share: float = 0.5  # an account with this share of the cancels is named on the anomaly
+    account_min_cancels: int = 20  # per account: cancels in the window...
+    account_min_notional: float = 50_000.0  # ...cancelled notional in the window...
+    account_x: float = 8.0  # ...this many times its own normal...
+    account_fill_ratio: float = 5.0  # ...and this many times what it filled
+    account_memory_ms: int = 600_000  # time constant of an account's normal (decayed sum)
+    max_accounts: int = 2_000_000  # accounts with a normal kept (LRU)
     hst: bool = True  # river HalfSpaceTrees second opinion in detail
     l2_infer: bool = True  # infer cancels from book deltas when a symbol has no L3 orders
 
 
 class _Sym:
-    __slots__ = ("cur", "accts", "window", "acct_window", "pulled", "pulled_near", "l3", "ticks",
-                 "base_c", "base_r", "model")
+    __slots__ = ("cur", "accts", "traded_cur", "traded_prev", "buckets", "w", "acct_w", "l3", "first",
+                 "base_c", "base_r", "base_n", "base_near", "model", "model_ts", "model_n", "unreliable_ticks")
 
     def __init__(self, cfg: CancelBurstConfig) -> None:
-        n = max(1, cfg.window_ms // cfg.tick_ms)
-        self.cur = [0.0] * 7
-        self.accts: dict[str, float] = {}
-        self.window: deque[list[float]] = deque(maxlen=n)
-        self.acct_window: deque[dict[str, float]] = deque(maxlen=n)
-        self.pulled = self.pulled_near = None  # the book's running totals at the last tick
+        self.cur = [0.0] * NFEAT
+        self.accts: dict[str, list[float]] = {}
+        self.traded_cur: dict[float, float] = {}  # L2: size traded per price this tick
+        self.traded_prev: dict[float, float] = {}  # ... and not yet matched from the last tick
+        self.buckets: deque[tuple[int, list[float], dict[str, list[float]]]] = deque()
+        self.w = [0.0] * NFEAT  # running window sums
+        self.acct_w: dict[str, list[float]] = {}  # running per-account window sums
         self.l3 = False
-        self.ticks = 0
-        self.base_c = Baseline(cfg.fading, cfg.warmup_ticks, std_floor=0.25)
-        self.base_r = Baseline(cfg.fading, cfg.warmup_ticks, std_floor=0.25)
+        self.first = 0  # first tick seen
+        mk = lambda: Baseline(cfg.fading, cfg.warmup_ticks, 0.25, cfg.readmit_ticks)  # noqa: E731
+        self.base_c, self.base_r, self.base_n, self.base_near = mk(), mk(), mk(), mk()
         self.model = (compose.Pipeline(preprocessing.MinMaxScaler(),
-                                       anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=250, seed=7))
+                                       anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=HST_WINDOW, seed=7))
                       if cfg.hst else None)
+        self.model_ts = 0
+        self.model_n = 0  # windows learned
+        self.unreliable_ticks = 0
 
 
 class CancelBurst(Detector):
     name = "cancel_burst"
     Config = CancelBurstConfig
     consumes = (Order, Trade)
+    check_params = [{}, {"warmup_ticks": 8, "window_ms": 1_000, "min_notional": 100.0, "min_cancels": 2,
+                         "account_min_cancels": 2, "account_min_notional": 100.0, "max_accounts": 16,
+                         "rearm_ms": 1_000, "hst": True},
+                    {"warmup_ticks": 4, "hst": False, "l2_infer": False, "max_accounts": 4, "z_threshold": 1.0,
+                     "ratio_z_threshold": 0.5, "min_notional": 1.0, "min_cancels": 1}]
 
     def __init__(self, config: CancelBurstConfig | None = None) -> None:
         super().__init__(config)
+        cfg = self.config
         self._syms: dict[str, _Sym] = {}
-        self._cooldown = Cooldown(self.config.cooldown_ms)
+        self._latch = Latch(cfg.rearm_ms, cfg.escalation)
+        self.accounts = AccountRows(("first", "last", "sum"), cfg.max_accounts)
+        self._near = cfg.near_bps / 1e4
 
-    def _sym(self, symbol: str) -> _Sym:
-        s = self._syms.get(symbol)
-        if s is None:
-            s = self._syms[symbol] = _Sym(self.config)
-        return s
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Per-key maps and their caps (the check suite verifies them)."""
+        return {"accounts": (len(self.accounts), self.accounts.cap),
+                "latch": (len(self._latch), self._latch.max_keys)}
 
+    # -- events: O(1), counters only ---------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
-        s = self._syms.get(ev.symbol) or self._sym(ev.symbol)
+        s = self._syms.get(ev.symbol)
+        if s is None:
+            s = self._syms[ev.symbol] = _Sym(self.config)
         cur = s.cur
         if type(ev) is Trade:
             cur[TRADES] += 1
             cur[TRADE_N] += ev.price * ev.size
+            if not s.l3:
+                tc = s.traded_cur
+                tc[ev.price] = tc.get(ev.price, 0.0) + ev.size
             return
         s.l3 = True
         action = ev.action
@@ -102,117 +162,276 @@ class CancelBurst(Detector):
             n = ev.price * ev.size
             cur[CANCELS] += 1
             cur[CANCEL_N] += n
+            near = 0.0
             book = state.books.get(ev.symbol)
             if book is not None:
-                near = self.config.near_bps / 1e4
                 if ev.side == "buy":
                     bb = book._best_bid
-                    if bb is not None and ev.price >= bb * (1 - near):
-                        cur[NEAR_N] += n
+                    if bb is not None and ev.price >= bb * (1 - self._near):
+                        near = n
                 else:
                     ba = book._best_ask
-                    if ba is not None and ev.price <= ba * (1 + near):
-                        cur[NEAR_N] += n
-            acct = ev.account
-            accts = s.accts
-            if acct in accts:
-                accts[acct] += n
-            elif len(accts) < MAX_ACCOUNTS_PER_BUCKET:
-                accts[acct] = n
+                    if ba is not None and ev.price <= ba * (1 + self._near):
+                        near = n
+                cur[NEAR_N] += near
+            a = s.accts.get(ev.account)
+            if a is None:
+                if len(s.accts) >= MAX_ACCOUNTS_PER_BUCKET:
+                    return
+                a = s.accts[ev.account] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            a[A_CANCEL_N] += n
+            a[A_CANCELS] += 1
+            a[A_NEAR_N] += near
+            a[A_EVENTS] += 1
         elif action == "new":
             cur[NEWS] += 1
             cur[NEW_N] += ev.price * ev.size
+        elif action == "fill":
+            a = s.accts.get(ev.account)
+            if a is None:
+                if len(s.accts) >= MAX_ACCOUNTS_PER_BUCKET:
+                    return
+                a = s.accts[ev.account] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            a[A_FILL_N] += ev.price * ev.size
+            a[A_EVENTS] += 1
 
-    def on_tick(self, now: int, state: MarketState) -> list:
-        out = []
+    # -- ticks -------------------------------------------------------------------------
+    def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
+        out: list[Anomaly] = []
         for symbol, s in self._syms.items():
-            a = self._tick_symbol(symbol, s, now, state)
-            if a is not None:
-                out.append(a)
+            self._tick_symbol(symbol, s, now, state, out)
         return out
 
-    def _tick_symbol(self, symbol: str, s: _Sym, now: int, state: MarketState):
+    def _tick_symbol(self, symbol: str, s: _Sym, now: int, state: MarketState, out: list[Anomaly]) -> None:
         cfg = self.config
         book = state.books.get(symbol)
         cur = s.cur
         if book is not None:
-            book.near_bps = cfg.near_bps
-            if s.pulled is not None and not s.l3 and cfg.l2_infer:
-                # L2 only: liquidity taken off levels that trades do not explain.
-                pulled = book.pulled - s.pulled
-                near = book.pulled_near - s.pulled_near
-                cur[CANCEL_N] += max(0.0, pulled - cur[TRADE_N])
-                cur[NEAR_N] += max(0.0, near - cur[TRADE_N])
-            s.pulled, s.pulled_near = book.pulled, book.pulled_near
-        s.window.append(cur)
-        s.acct_window.append(s.accts)
-        s.cur = [0.0] * 7
+            if s.l3 or not cfg.l2_infer:
+                book.pulled_at = None
+            else:
+                self._infer_l2(s, book, cur)
+        # slide the window: this tick's bucket in, expired ones out
+        bucket_accts = s.accts
+        s.buckets.append((now, cur, bucket_accts))
+        w, acct_w = s.w, s.acct_w
+        for i in range(NFEAT):
+            w[i] += cur[i]
+        for acct, a in bucket_accts.items():
+            t = acct_w.get(acct)
+            if t is None:
+                acct_w[acct] = a[:]
+            else:
+                for i in range(5):
+                    t[i] += a[i]
+        horizon = now - cfg.window_ms
+        buckets = s.buckets
+        while buckets[0][0] <= horizon:
+            _, old, old_accts = buckets.popleft()
+            for i in range(NFEAT):
+                w[i] -= old[i]
+            for acct, a in old_accts.items():
+                t = acct_w[acct]
+                for i in range(5):
+                    t[i] -= a[i]
+                if t[A_EVENTS] <= 0.5:
+                    del acct_w[acct]
+        s.cur = [0.0] * NFEAT
         s.accts = {}
-        s.ticks += 1
-        if len(s.window) < s.window.maxlen:
-            return None
-        w = [sum(b[i] for b in s.window) for i in range(7)]
+        if not s.first:
+            s.first = now
+        if now - s.first < cfg.window_ms:
+            return  # the window is not full yet
         if book is not None and not book.reliable:
-            return None  # a resyncing book's deltas say nothing about cancels
+            s.unreliable_ticks += 1
+            return  # a resyncing book's deltas say nothing about cancels
+        for i in range(NFEAT):  # float residue of the running sums
+            if w[i] < 1e-9:
+                w[i] = 0.0
         x_c = math.log1p(w[CANCEL_N])
         x_r = x_c - math.log1p(w[TRADE_N])
-        z_c = s.base_c.observe(x_c, protect_above=cfg.z_threshold)
-        z_r = s.base_r.observe(x_r, protect_above=cfg.ratio_z_threshold)
-        hst = self._second_opinion(s, w)
-        if not (s.base_c.ready and s.base_r.ready):
-            return None
-        if z_c < cfg.z_threshold or z_r < cfg.ratio_z_threshold or w[CANCEL_N] < cfg.min_notional:
-            return None
-        if s.l3 and w[CANCELS] < cfg.min_cancels:
-            return None
-        score = min(z_c, z_r)
-        if not self._cooldown.allow(symbol, now, score):
-            return None
-        return self._anomaly(symbol, s, now, state, w, z_c, z_r, score, hst)
+        x_n = math.log1p(w[CANCELS])
+        x_near = math.log1p(w[NEAR_N])
+        z_c = s.base_c.observe(x_c, protect_above=cfg.z_threshold, one_sided=True)
+        z_r = s.base_r.observe(x_r, protect_above=cfg.ratio_z_threshold, one_sided=True)
+        z_n = s.base_n.observe(x_n, protect_above=cfg.z_threshold, one_sided=True)
+        z_near = s.base_near.observe(x_near, protect_above=cfg.z_threshold, one_sided=True)
+        warm = s.base_c.ready and s.base_r.ready
+        candidate = (warm and z_c >= cfg.z_threshold and z_r >= cfg.ratio_z_threshold
+                     and w[CANCEL_N] >= cfg.min_notional and (not s.l3 or w[CANCELS] >= cfg.min_cancels))
+        hst = self._second_opinion(s, w, now, candidate)
+        named: str | None = None
+        if candidate:
+            named = self._symbol_anomaly(symbol, s, now, book, w, (z_c, z_r, z_n, z_near), hst, out)
+        if s.l3 and warm and bucket_accts:
+            self._accounts(symbol, s, now, book, bucket_accts, named, out)
+        elif bucket_accts:
+            self._learn_accounts(now, bucket_accts)
 
-    def _second_opinion(self, s: _Sym, w: list[float]) -> float | None:
+    def _infer_l2(self, s: _Sym, book, cur: list[float]) -> None:
+        at = book.pulled_at
+        prev, tc = s.traded_prev, s.traded_cur
+        if at is None:
+            book.pulled_at = {}
+        elif at:
+            bb, ba = book._best_bid, book._best_ask
+            lo = bb * (1 - self._near) if bb is not None else math.inf
+            hi = ba * (1 + self._near) if ba is not None else -math.inf
+            cancelled = near = 0.0
+            for p, dec in at.items():
+                t = prev.pop(p, 0.0)
+                if t < dec:
+                    t += tc.pop(p, 0.0)
+                c = dec - t
+                if c > 0:
+                    cancelled += c * p
+                    if lo <= p <= hi:
+                        near += c * p
+                elif c < 0:
+                    tc[p] = tc.get(p, 0.0) - c
+            at.clear()
+            cur[CANCEL_N] += cancelled
+            cur[NEAR_N] += near
+        s.traded_prev = tc  # unmatched trades get one more tick, then are dropped
+        s.traded_cur = {}
+
+    def _second_opinion(self, s: _Sym, w: list[float], now: int, candidate: bool) -> float | None:
         if s.model is None:
+            return None
+        learn = now - s.model_ts >= self.config.window_ms
+        if not (candidate or learn):
             return None
         x = {"cancel": math.log1p(w[CANCEL_N]), "trade": math.log1p(w[TRADE_N]),
              "new": math.log1p(w[NEW_N]), "near": math.log1p(w[NEAR_N])}
-        score = s.model.score_one(x)
-        s.model.learn_one(x)
-        return round(score, 4)
+        # score before learn; None until the trees hold a full reference window
+        score = round(s.model.score_one(x), 4) if candidate and s.model_n >= HST_WINDOW else None
+        if learn and not candidate:
+            s.model.learn_one(x)
+            s.model_ts = now
+            s.model_n += 1
+        return score
 
-    def _anomaly(self, symbol, s, now, state, w, z_c, z_r, score, hst) -> Anomaly:
+    def _symbol_anomaly(self, symbol, s, now, book, w, zs, hst, out) -> str | None:
         cfg = self.config
-        book = state.books.get(symbol)
+        z_c, z_r, z_n, z_near = zs
         depth_near = sum(book.depth_within_bps(cfg.near_bps)) if book is not None else None
-        critical = score >= cfg.z_critical or (depth_near is not None and w[NEAR_N] > depth_near > 0)
-        totals: dict[str, float] = {}
-        for bucket in s.acct_window:
-            for acct, n in bucket.items():
-                totals[acct] = totals.get(acct, 0.0) + n
-        top = sorted(totals.items(), key=lambda kv: (-kv[1], str(kv[0])))[: cfg.top_accounts]
+        score = min(z_c, z_r)
+        pulled_past_depth = depth_near is not None and w[NEAR_N] > depth_near > 0
+        critical = score >= cfg.z_critical or pulled_past_depth
+        if s.l3:
+            severity = "critical" if critical else "warning"
+        else:
+            severity = "warning" if critical else "info"
+        top = sorted(s.acct_w.items(), key=lambda kv: (-kv[1][A_CANCEL_N], str(kv[0])))[: cfg.top_accounts]
         cancel_n = w[CANCEL_N] or 1.0
-        top_accounts = [{"account": str(a), "cancelled_notional": round(n, 2), "share": round(n / cancel_n, 4)}
-                        for a, n in top]
-        account = top_accounts[0]["account"] if top_accounts and top_accounts[0]["share"] >= cfg.account_share else None
-        detail = {
+        top_accounts = [{"account": str(a), "cancels": int(round(v[A_CANCELS])),
+                         "cancelled_notional": round(v[A_CANCEL_N], 2), "share": round(v[A_CANCEL_N] / cancel_n, 4),
+                         "filled_notional": round(v[A_FILL_N], 2)} for a, v in top if v[A_CANCEL_N] > 0]
+        named = top_accounts[0]["account"] if top_accounts and top_accounts[0]["share"] >= cfg.account_share else None
+        if not self._latch.fire(symbol, now, score, severity):
+            return named
+        out.append(Anomaly.make("cancel_burst", now, score, severity, symbol=symbol, account=named, detail={
+            "scope": "symbol",
             "mode": "L3" if s.l3 else "L2-inferred",
             "window_ms": cfg.window_ms,
-            "cancels": int(w[CANCELS]) if s.l3 else None,
-            "cancelled_notional": round(w[CANCEL_N], 2),
-            "new_orders": int(w[NEWS]),
-            "trades": int(w[TRADES]),
-            "traded_notional": round(w[TRADE_N], 2),
-            "cancel_to_trade": round(w[CANCEL_N] / w[TRADE_N], 3) if w[TRADE_N] else None,
-            "pulled_near_touch": round(w[NEAR_N], 2),
+            "features": {
+                "cancels": int(round(w[CANCELS])) if s.l3 else None,
+                "cancelled_notional": round(w[CANCEL_N], 2),
+                "new_orders": int(round(w[NEWS])),
+                "trades": int(round(w[TRADES])),
+                "traded_notional": round(w[TRADE_N], 2),
+                "cancel_to_trade": round(w[CANCEL_N] / w[TRADE_N], 3) if w[TRADE_N] else None,
+                "pulled_near_touch": round(w[NEAR_N], 2),
+            },
             "depth_near_touch": round(depth_near, 2) if depth_near is not None else None,
             "near_bps": cfg.near_bps,
-            "z_cancel": round(z_c, 3),
-            "z_ratio": round(z_r, 3),
+            "z": {"cancelled_notional": round(z_c, 3), "cancel_to_trade": round(z_r, 3),
+                  "cancels": round(z_n, 3), "pulled_near_touch": round(z_near, 3)},
+            "baseline_log": {"cancelled_notional": s.base_c.snapshot(), "cancel_to_trade": s.base_r.snapshot(),
+                             "cancels": s.base_n.snapshot(), "pulled_near_touch": s.base_near.snapshot()},
             "thresholds": {"z_cancel": cfg.z_threshold, "z_ratio": cfg.ratio_z_threshold,
-                           "z_critical": cfg.z_critical, "min_notional": cfg.min_notional},
-            "baseline_log_cancelled": s.base_c.snapshot(),
-            "baseline_log_ratio": s.base_r.snapshot(),
+                           "z_critical": cfg.z_critical, "min_notional": cfg.min_notional,
+                           "min_cancels": cfg.min_cancels},
+            "crossed": "cancelled notional and cancel-to-trade ratio both above their baselines"
+                       + ("; pulled near the touch exceeds the depth resting there" if pulled_past_depth else ""),
             "hst_score": hst,
             "top_accounts": top_accounts,
-        }
-        return Anomaly.make("cancel_burst", now, score, "critical" if critical else "warning",
-                            symbol=symbol, account=account, detail=detail)
+            "note": None if s.l3 else "L2-inferred: level decreases not explained by trades at that price",
+        }))
+        return named
+
+    def _learn_accounts(self, now: int, bucket_accts: dict[str, list[float]]) -> None:
+        rows, tau = self.accounts, self.config.account_memory_ms
+        first, last, total = rows.cols
+        for acct, a in bucket_accts.items():
+            if a[A_CANCEL_N] <= 0:
+                continue
+            i = rows.touch(acct)
+            if not first[i]:
+                first[i] = now
+            else:
+                total[i] *= math.exp(-(now - last[i]) / tau)
+            total[i] += a[A_CANCEL_N]
+            last[i] = now
+
+    def _accounts(self, symbol, s, now, book, bucket_accts, named, out) -> None:
+        cfg = self.config
+        rows, tau = self.accounts, cfg.account_memory_ms
+        first, last, total = rows.cols
+        acct_w = s.acct_w
+        depth_near = None
+        for acct, a in bucket_accts.items():
+            if a[A_CANCEL_N] <= 0:
+                continue
+            i = rows.touch(acct)
+            new = not first[i]
+            if new:
+                first[i] = now
+            else:
+                total[i] *= math.exp(-(now - last[i]) / tau)
+            wa = acct_w[acct]
+            # the account's normal, excluding this window (score before learn)
+            normal = None
+            if not new:
+                age = now - first[i]
+                span = tau * (1 - math.exp(-age / tau))
+                before = max(0.0, total[i] - (wa[A_CANCEL_N] - a[A_CANCEL_N]))
+                if span > cfg.window_ms:
+                    normal = before / span * cfg.window_ms
+            total[i] += a[A_CANCEL_N]
+            last[i] = now
+            cn = wa[A_CANCEL_N]
+            if wa[A_CANCELS] < cfg.account_min_cancels or cn < cfg.account_min_notional:
+                continue
+            if normal is not None and cn < cfg.account_x * normal:
+                continue
+            if cn < cfg.account_fill_ratio * wa[A_FILL_N]:
+                continue
+            if acct == named:
+                continue  # the symbol anomaly already names it
+            if depth_near is None:
+                depth_near = sum(book.depth_within_bps(cfg.near_bps)) if book is not None else 0.0
+            ratio = cn / normal if normal else None
+            score = min(ratio, 1e6) if ratio is not None else cn / cfg.account_min_notional
+            severity = "critical" if depth_near and wa[A_NEAR_N] > depth_near else "warning"
+            if not self._latch.fire((symbol, acct), now, score, severity):
+                continue
+            out.append(Anomaly.make("cancel_burst", now, score, severity, symbol=symbol, account=acct, detail={
+                "scope": "account",
+                "mode": "L3",
+                "window_ms": cfg.window_ms,
+                "features": {"cancels": int(round(wa[A_CANCELS])), "cancelled_notional": round(cn, 2),
+                             "filled_notional": round(wa[A_FILL_N], 2),
+                             "cancel_to_fill": round(cn / wa[A_FILL_N], 3) if wa[A_FILL_N] > 0 else None,
+                             "pulled_near_touch": round(wa[A_NEAR_N], 2),
+                             "share_of_symbol_cancels": round(cn / s.w[CANCEL_N], 4) if s.w[CANCEL_N] else None},
+                "baseline": {"normal_window_notional": round(normal, 2) if normal is not None else None,
+                             "memory_ms": tau, "history": "none: first seen in this window" if normal is None
+                             else f"known for {now - int(first[i])} ms"},
+                "ratio_to_normal": round(ratio, 3) if ratio is not None else None,
+                "depth_near_touch": round(depth_near, 2),
+                "thresholds": {"account_min_cancels": cfg.account_min_cancels,
+                               "account_min_notional": cfg.account_min_notional, "account_x": cfg.account_x,
+                               "account_fill_ratio": cfg.account_fill_ratio},
+                "crossed": "the account's cancels in the window far above its own normal and its fills",
+            }))

@@ -2,7 +2,7 @@
 
 Per label kind: how many labels, how many detected, recall. A label is detected by an
 anomaly of a matching kind on its symbol (and its account, when the label names one)
-between its start and ``grace_ms`` after its end. A cascade is detected by any
+between its start and ``grace_ms`` (60 s) after its end. A cascade is detected by any
 anomaly but ``feed_gap`` on either of its symbols in the 10 minutes before its first
 forced liquidation; its lead time is that liquidation minus the earliest such anomaly.
 False alerts: anomalies (``feed_gap`` aside: the simulator really drops messages) that
@@ -30,7 +30,7 @@ MATCH = {  # label kind -> anomaly kinds that count as detecting it
     "thin_book_cluster": {"thin_book_cluster", "cascade_risk"},
 }
 LEAD_WINDOW_MS = 10 * 60 * 1000
-GRACE_MS = 30_000
+GRACE_MS = 60_000  # detectors look back up to a minute: a firing that late still belongs to the label
 IGNORED = {"feed_gap", "feed_stale"}
 
 

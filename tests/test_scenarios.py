@@ -46,3 +46,10 @@ def test_same_seed_same_report():
     """The same seed gives the same stream, the same anomalies and the same report."""
     a, b = run("cancel_burst", 400), run("cancel_burst", 400)
     assert a[0] == b[0] and a[2] == b[2]
+
+
+def test_leverage_jumps_single_and_cohort_are_detected():
+    """The single account's jump and the cohort on one symbol are both found."""
+    _, labels, report = run("leverage_jump", 720)
+    assert report["per_kind"] == [{"kind": "leverage_jump", "labels": 2, "detected": 2, "recall": 1.0}]
+    assert report["false_alerts"] <= 1

@@ -73,6 +73,7 @@ class AccountSim:
     equity: float
     positions: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # sym -> (size, entry, lev)
     isolated: bool = False
+    leverage: float = 5.0  # the account's usual setting: people rarely change it
 
 
 class Market:
@@ -95,7 +96,9 @@ class Market:
                         for s in DEFAULT_SYMBOLS[:symbols]]
         self.by_name = {s.spec.name: s for s in self.symbols}
         self.accounts = [AccountSim(f"a-{i:05d}", self.rng.lognormvariate(math.log(20_000), 1.0),
-                                    isolated=self.rng.random() < 0.15) for i in range(accounts)]
+                                    isolated=self.rng.random() < 0.15,
+                                    leverage=float(self.rng.choice((2, 3, 3, 5, 5, 5, 10, 10, 15, 20))))
+                         for i in range(accounts)]
         self.makers = [f"mm-{i}" for i in range(8)]
         self.next_order_id = 1
         self.next_mark_ts = start_ts
@@ -301,12 +304,18 @@ class Market:
 
     def _change_position(self, a: AccountSim, s: SymbolState, out: list[dict]) -> None:
         rng = self.rng
-        lev = float(rng.choice((2, 3, 3, 5, 5, 5, 10, 10, 15, 20)))
+        lev = a.leverage
         old = a.positions.get(s.spec.name)
-        if old is not None and rng.random() < 0.25:
+        # the margin check: all positions together stay within 0.6 x equity x leverage
+        others = sum(abs(sz) * self.by_name[sym].mid for sym, (sz, _, _) in a.positions.items()
+                     if sym != s.spec.name)
+        room = a.equity * lev * 0.6 - others
+        if (old is not None and rng.random() < 0.25) or room < a.equity * 0.05:
+            if old is None:
+                return
             size, entry = 0.0, old[1]
         else:
-            notional = a.equity * lev * rng.uniform(0.1, 0.5)
+            notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room)
             size = round(notional / s.mid * (1 if rng.random() < 0.52 else -1), 6)
             entry = _r(s.mid)
         s.open_interest = max(0.0, s.open_interest - abs(old[0]) if old else s.open_interest) + abs(size)

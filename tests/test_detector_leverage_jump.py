@@ -1,0 +1,60 @@
+"""leverage_jump on crafted position/account streams."""
+
+from detectors.leverage_jump import LeverageJump, LeverageJumpConfig
+from monitor.events import Account, Heartbeat, Position
+from monitor.pipeline import Pipeline
+from monitor.state import MarketState
+from tests.streams import T0
+
+
+def run(events, **cfg):
+    p = Pipeline(MarketState(), [LeverageJump(LeverageJumpConfig(**cfg))], tick_ms=250)
+    return p.process(events) + p.flush()
+
+
+def pos(acct, ts, size, lev, symbol="BTC-PERP", entry=100.0):
+    return Position(account=acct, symbol=symbol, ts=ts, size=size, entry_price=entry, leverage=lev)
+
+
+def test_account_going_3x_to_25x_is_flagged():
+    """An account's jump from its usual 3x to 25x with 8x the notional is flagged."""
+    out = run([pos("a", T0, 100, 3), pos("a", T0 + 60_000, 120, 3), pos("a", T0 + 61_000, 1000, 25),
+               Heartbeat(ts=T0 + 62_000)])
+    [a] = out
+    assert a.kind == "leverage_jump" and a.account == "a" and a.ts == T0 + 61_000
+    assert set(a.detail["reasons"]) == {"leverage", "notional"} and a.detail["usual_leverage"] == 3.0
+
+
+def test_steady_account_and_first_positions_are_silent():
+    """Ordinary resizing at the usual leverage, and an account's first position, raise nothing."""
+    events = [pos("a", T0 + i * 10_000, 100 + 20 * (i % 3), 5) for i in range(30)]
+    events += [pos("b", T0 + 5, 5000, 20)]
+    assert run(events + [Heartbeat(ts=T0 + 400_000)]) == []
+
+
+def test_margin_ratio_falling_fast():
+    """Maintenance margin rising from 30% to 90% of equity within the window is flagged."""
+    out = run([Account(account="a", ts=T0, equity=1000, maintenance_margin=300),
+               Account(account="a", ts=T0 + 20_000, equity=400, maintenance_margin=360),
+               Heartbeat(ts=T0 + 21_000)])
+    [a] = out
+    assert a.detail["reasons"] == ["margin_ratio"] and a.detail["margin_ratio"] == 0.9
+
+
+def test_cohort_raising_leverage_on_one_symbol():
+    """Many accounts raising leverage on one symbol within a minute is a cohort anomaly."""
+    events = [pos(f"c{i}", T0 + i, 10, 3) for i in range(30)]
+    events += [Heartbeat(ts=T0 + 100_000)]
+    events += [pos(f"c{i}", T0 + 120_000 + i * 1000, 10, 20) for i in range(30)]
+    events += [Heartbeat(ts=T0 + 200_000)]
+    cohort = [a for a in run(events) if a.detail["scope"] == "cohort"]
+    assert cohort and cohort[0].symbol == "BTC-PERP" and cohort[0].account is None
+    assert cohort[0].detail["accounts_raising"] >= 10
+
+
+def test_per_account_state_is_bounded():
+    """Per-account state never exceeds max_accounts; the least recently updated go first."""
+    d = LeverageJump(LeverageJumpConfig(max_accounts=100))
+    p = Pipeline(MarketState(), [d], tick_ms=250)
+    p.process([pos(f"a{i}", T0 + i, 1, 2) for i in range(1000)])
+    assert len(d.accounts) == 100 and d.evicted == 900 and "a999" in d.accounts
