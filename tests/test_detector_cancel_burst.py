@@ -21,7 +21,7 @@ def test_fires_on_burst_and_names_the_account():
     assert T0 + 150_000 <= first.ts <= T0 + 160_000
     assert first.account == "spoofer"
     assert first.detail["top_accounts"][0]["account"] == "spoofer"
-    assert first.detail["mode"] == "L3" and first.detail["z_ratio"] >= 3
+    assert first.detail["mode"] == "L3" and first.detail["z"]["cancel_to_trade"] >= 3
     assert all(T0 + 150_000 <= a.ts <= T0 + 162_000 for a in out)  # no flood after it
 
 

@@ -24,7 +24,7 @@ Status = Literal["snapshot", "ok", "gap", "ignored"]
 class L2Book:
     __slots__ = (
         "symbol", "bids", "asks", "seq", "seq_before_gap", "reliable", "gaps", "crossed", "last_ts",
-        "near_bps", "pulled", "pulled_near",
+        "near_bps", "pulled", "pulled_near", "pulled_at",
         "_best_bid", "_best_ask", "_version", "_sorted_version", "_sorted_bids", "_sorted_asks",
     )
 
@@ -43,6 +43,9 @@ class L2Book:
         self.near_bps = 10.0  # "near the touch": within this of the best price on its side
         self.pulled = 0.0
         self.pulled_near = 0.0
+        # Per-price size taken off levels since a detector last drained it; None (off, no
+        # cost) until a detector that matches decreases against trades at a price asks.
+        self.pulled_at: dict[float, float] | None = None
         self._best_bid: float | None = None
         self._best_ask: float | None = None
         self._version = 0
@@ -81,6 +84,7 @@ class L2Book:
         # _set_bid/_set_ask inlined for the common cases: this loop is the hottest in perpwatch.
         near = self.near_bps / 1e4
         pulled = pulled_near = 0.0
+        at = self.pulled_at
         book, bb = self.bids, self._best_bid
         for p, s in bids:
             old = book.get(p)
@@ -88,6 +92,8 @@ class L2Book:
                 pulled += (old - s) * p
                 if bb is not None and p >= bb * (1 - near):
                     pulled_near += (old - s) * p
+                if at is not None:
+                    at[p] = at.get(p, 0.0) + (old - s)
             if s > 0:
                 book[p] = s
                 if self._best_bid is None or p > self._best_bid:
@@ -103,6 +109,8 @@ class L2Book:
                 pulled += (old - s) * p
                 if ba is not None and p <= ba * (1 + near):
                     pulled_near += (old - s) * p
+                if at is not None:
+                    at[p] = at.get(p, 0.0) + (old - s)
             if s > 0:
                 book[p] = s
                 if self._best_ask is None or p < self._best_ask:

@@ -16,7 +16,11 @@ margin of the account's other positions, held at their current marks):
 Tiers are looked up on the notional at the liquidation price and the price recomputed
 once when that lands in another bracket (as venues document). ``None`` means the
 position cannot be liquidated by price alone (e.g. a long backed by more than its
-notional).
+notional). Funding is the whole payment due at the next funding time: venues charge it
+in full to whoever holds the position at that instant, so a position that will still be
+open then must survive it. The venue's own ``liq_price`` is never an input, only a
+cross-check (``divergence_bps``): venues differ in brackets, fees and what collateral
+counts, and a large divergence says our inputs (equity, tiers) are stale or wrong.
 
 >>> round(liquidation_price(1.0, 100.0, 10.0, tiers=((float("inf"), 0.005),), fee=0.0), 4)  # long 10x
 90.4523
@@ -32,11 +36,49 @@ DEFAULT_TIERS: Tiers = ((50_000.0, 0.004), (250_000.0, 0.005), (1_000_000.0, 0.0
                         (5_000_000.0, 0.025), (float("inf"), 0.05))
 
 
+def parse_tiers(rows: list[tuple[float, float]] | list[list[float]]) -> Tiers:
+    """Validate config tiers ``[[notional up to, rate], ...]``; the last one covers the rest.
+
+    >>> parse_tiers([[10_000, 0.01], [100_000, 0.02]])
+    ((10000.0, 0.01), (inf, 0.02))
+    """
+    if not rows:
+        raise ValueError("at least one tier is needed")
+    out, last = [], 0.0
+    for cap, rate in rows:
+        cap, rate = float(cap), float(rate)
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"maintenance rate {rate} must be in (0, 1)")
+        if cap <= last:
+            raise ValueError("tier caps must increase")
+        out.append((cap, rate))
+        last = cap
+    out[-1] = (float("inf"), out[-1][1])
+    return tuple(out)
+
+
 def maintenance_rate(notional: float, tiers: Tiers = DEFAULT_TIERS) -> float:
     for cap, rate in tiers:
         if notional <= cap:
             return rate
     return tiers[-1][1]
+
+
+def maintenance_margin(size: float, price: float, tiers: Tiers = DEFAULT_TIERS) -> float:
+    """Maintenance margin of a position of ``size`` at ``price``."""
+    notional = abs(size) * price
+    return notional * maintenance_rate(notional, tiers)
+
+
+def divergence_bps(ours: float | None, venue: float | None) -> float | None:
+    """How far the venue's liquidation price sits from ours, in bps of ours (signed).
+
+    >>> divergence_bps(100.0, 101.0)
+    100.0
+    """
+    if ours is None or venue is None or ours <= 0 or venue <= 0:
+        return None
+    return (venue - ours) / ours * 1e4
 
 
 def funding_payment(size: float, mark: float, funding_rate: float | None) -> float:
