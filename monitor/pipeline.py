@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Iterable
 
-from detectors import build_detectors
 from detectors.base import Detector
 from monitor.codecs import Codec
 from monitor.events import EVENT_TYPES, Anomaly, Event

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from monitor.events import Account, Book, Mark, Order, Position, Trade
+from monitor.simulate.market import poisson
 
 T0 = 1_732_400_000_000
 
@@ -23,7 +24,7 @@ def calm_orders(symbol: str = "BTC-PERP", seconds: int = 240, seed: int = 1, mid
         ts = T0 + step * 50
         t = step / 20
         x = surge_x if surge and surge[0] <= t < surge[1] else 1.0
-        for _ in range(_poisson(rng, 2.0 * x)):
+        for _ in range(poisson(rng, 2.0 * x)):
             oid += 1
             side = rng.choice(("buy", "sell"))
             px = mid - 0.01 * rng.randint(1, 5) if side == "buy" else mid + 0.01 * rng.randint(1, 5)
@@ -34,11 +35,11 @@ def calm_orders(symbol: str = "BTC-PERP", seconds: int = 240, seed: int = 1, mid
             if rng.random() < 0.9:
                 events.append(Order(symbol=symbol, ts=ts, order_id=oid, account=acct, action="cancel",
                                     side=side, price=px, size=size))
-        for _ in range(_poisson(rng, 0.5 * x)):
+        for _ in range(poisson(rng, 0.5 * x)):
             events.append(Trade(symbol=symbol, ts=ts, price=mid, size=rng.uniform(1, 4),
                                 side=rng.choice(("buy", "sell"))))
         if burst and burst[0] <= t < burst[1]:
-            for _ in range(_poisson(rng, 2.0 * burst_x)):
+            for _ in range(poisson(rng, 2.0 * burst_x)):
                 oid += 1
                 side = rng.choice(("buy", "sell"))
                 px = mid - 0.01 if side == "buy" else mid + 0.01
@@ -49,15 +50,6 @@ def calm_orders(symbol: str = "BTC-PERP", seconds: int = 240, seed: int = 1, mid
         if step % 20 == 0:
             events.append(Mark(symbol=symbol, ts=ts, mark=mid, index=mid * (1 + rng.gauss(0, 5e-5))))
     return events
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    n, p, limit = 0, 1.0, pow(2.718281828459045, -lam)
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return n
-        n += 1
 
 
 __all__ = ["T0", "calm_orders", "Account", "Position", "Mark", "Book", "Trade", "Order"]

@@ -143,9 +143,9 @@ class Market:
         s.mid *= math.exp(sd * (spec.beta * factor * 0.7 + rng.gauss(0.0, 1.0) * 0.7) + s.drift_per_s * dt)
         bids, asks = {}, {}  # this step's level changes: price -> new absolute size
         self._recentre(s, bids, asks)
-        for _ in range(_poisson(rng, self.maker_rate * dt)):
+        for _ in range(poisson(rng, self.maker_rate * dt)):
             self._maker(s, bids, asks, out)
-        for _ in range(_poisson(rng, self.taker_rate * dt * (3.0 if rng.random() < 0.002 else 1.0))):
+        for _ in range(poisson(rng, self.taker_rate * dt * (3.0 if rng.random() < 0.002 else 1.0))):
             self._taker(s, bids, asks, out)
         if s.resync_at and self.ts >= s.resync_at:
             s.resync_at = 0
@@ -288,7 +288,7 @@ class Market:
     # -- accounts ------------------------------------------------------------------------
     def _positions(self, dt: float, out: list[dict]) -> None:
         rng = self.rng
-        n = _poisson(rng, self.position_rate * dt)
+        n = poisson(rng, self.position_rate * dt)
         if self.bootstrap:  # the first positions of every account, over the first seconds
             n += min(len(self.bootstrap), max(1, len(self.accounts) * self.step_ms // 5000))
         for _ in range(n):
@@ -336,7 +336,7 @@ class Market:
                 "maintenance_margin": round(mm, 2)}
 
 
-def _poisson(rng: random.Random, lam: float) -> int:
+def poisson(rng: random.Random, lam: float) -> int:
     """Knuth's method; lam is small (a few per step)."""
     if lam <= 0:
         return 0

@@ -13,13 +13,12 @@ stream and the same labels.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Callable
 
 import msgspec
 
-from monitor.simulate.market import MMR, Market, SymbolState
+from monitor.simulate.market import MMR, Market, SymbolState, poisson
 
 SCENARIOS = ("calm", "cancel_burst", "leverage_jump", "thin_book_cluster", "cascade", "benign_surge", "mixed")
 
@@ -56,7 +55,7 @@ class CancelBurst(_Window):
             return
         s = m.by_name[self.symbol]
         dt = m.step_ms / 1000
-        n = _poisson(m.rng, m.maker_rate * dt * self.intensity)
+        n = poisson(m.rng, m.maker_rate * dt * self.intensity)
         for _ in range(n):
             side = "buy" if m.rng.random() < 0.5 else "sell"
             book = s.bids if side == "buy" else s.asks
@@ -225,15 +224,6 @@ def _position(m: Market, account: str, s: SymbolState, size: float, lev: float, 
     return {"type": "position", "account": account, "symbol": s.spec.name, "ts": m.ts, "size": size,
             "entry_price": round(s.mid, 10), "leverage": lev, "margin_mode": "isolated" if isolated else "cross",
             "liq_price": round(max(s.mid * (1 - sign * (1 / lev - MMR)), 0.0), 10)}
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    limit, k, p = math.exp(-lam), 0, 1.0
-    while True:
-        p *= rng.random()
-        if p <= limit:
-            return k
-        k += 1
 
 
 # -- the library ---------------------------------------------------------------------

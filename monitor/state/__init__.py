@@ -86,12 +86,16 @@ class MarketState:
         self.last_book_status = book.apply(ev.seq, ev.snapshot, ev.bids, ev.asks)
         return True
 
+    def _marks_of(self, symbol: str) -> SymbolMarks | None:
+        m = self.marks.get(symbol)
+        if m is None and self.known_symbol(symbol):
+            m = self.marks[symbol]
+        return m
+
     def _mark(self, ev: Mark) -> bool:
-        m = self.marks.get(ev.symbol)
+        m = self._marks_of(ev.symbol)
         if m is None:
-            if not self.known_symbol(ev.symbol):
-                return False
-            m = self.marks[ev.symbol]
+            return False
         m.mark = ev.mark
         m.index = ev.index
         if ev.last is not None:
@@ -104,11 +108,9 @@ class MarketState:
         return True
 
     def _trade(self, ev: Trade) -> bool:
-        m = self.marks.get(ev.symbol)
+        m = self._marks_of(ev.symbol)
         if m is None:
-            if not self.known_symbol(ev.symbol):
-                return False
-            m = self.marks[ev.symbol]
+            return False
         m.last_trade = ev.price
         m.last_trade_ts = ev.ts
         return True
