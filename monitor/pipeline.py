@@ -3,6 +3,7 @@
 No I/O and no asyncio: the daemon, ``replay`` and the tests all drive this same object,
 which is why a recorded hour replays in seconds and gives the same anomalies.
 
+>>> from detectors import build_detectors
 >>> from monitor.events import Book
 >>> p = Pipeline(MarketState(), build_detectors({}), tick_ms=250)
 >>> p.process([Book(symbol="X", ts=1_732_400_000_000, seq=1, snapshot=True),
