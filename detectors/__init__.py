@@ -11,12 +11,18 @@ from typing import Any
 from detectors.base import Detector, DetectorConfigError, build_config
 from detectors.cancel_burst import CancelBurst
 from detectors.feed_gap import FeedGap
+from detectors.funding_crowding import FundingCrowding
 from detectors.leverage_jump import LeverageJump
+from detectors.mark_divergence import MarkDivergence
+from detectors.thin_book_cluster import ThinBookCluster
 
 REGISTRY: dict[str, type[Detector]] = {
     FeedGap.name: FeedGap,
     CancelBurst.name: CancelBurst,
     LeverageJump.name: LeverageJump,
+    ThinBookCluster.name: ThinBookCluster,
+    MarkDivergence.name: MarkDivergence,
+    FundingCrowding.name: FundingCrowding,
 }
 
 
