@@ -13,10 +13,13 @@ margin of the account's other positions, held at their current marks):
     long   P = (MMo − Eq + q·M + F) / (q·(1 − m − f))
     short  P = (Eq + q·M − F − MMo) / (q·(1 + m + f))
 
-Tiers are looked up on the notional at the liquidation price and the price recomputed
-once when that lands in another bracket (as venues document). ``None`` means the
-position cannot be liquidated by price alone (e.g. a long backed by more than its
-notional). Funding is the whole payment due at the next funding time: venues charge it
+Tiers are looked up on the notional at the liquidation price (as venues document): the
+brackets are walked from the reference price (the mark, else the entry) in the direction
+of loss, solving with each bracket's rate until the solution lies inside that bracket.
+With step brackets the requirement jumps up where a rising short's notional enters the
+next bracket, so a short can be liquidated exactly at a bracket boundary; a falling
+long's requirement only jumps down. ``None`` means the position cannot be liquidated by
+price alone (e.g. a long backed by more than its notional). Funding is the whole payment due at the next funding time: venues charge it
 in full to whoever holds the position at that instant, so a position that will still be
 open then must survive it. The venue's own ``liq_price`` is never an input, only a
 cross-check (``divergence_bps``): venues differ in brackets, fees and what collateral
@@ -100,17 +103,25 @@ def liquidation_price(size: float, entry: float, leverage: float, *, tiers: Tier
     if size == 0 or entry <= 0:
         return None
     q = abs(size)
-    long = size > 0
-    rate = maintenance_rate(q * entry, tiers)
-    price = None
-    for _ in range(2):  # once more if the price at liquidation falls in another bracket
-        price = _solve(long, q, entry, leverage, rate, fee, funding, cross_equity, mark, other_mm)
+    ref = q * (mark if mark is not None else entry)
+    b = next((i for i, (cap, _) in enumerate(tiers) if ref <= cap), len(tiers) - 1)
+    if size > 0:  # price falls: brackets b, b-1, ..., 0
+        for i in range(b, -1, -1):
+            price = _solve(True, q, entry, leverage, tiers[i][1], fee, funding, cross_equity, mark, other_mm)
+            if price is None:
+                return None  # lower brackets only have lower rates: no solution there either
+            if i == 0 or q * price > tiers[i - 1][0]:
+                return price  # inside bracket i (or above it: liquidatable already)
+        return None
+    price = None  # price rises: brackets b, b+1, ...
+    for i in range(b, len(tiers)):
+        price = _solve(False, q, entry, leverage, tiers[i][1], fee, funding, cross_equity, mark, other_mm)
         if price is None:
             return None
-        new_rate = maintenance_rate(q * price, tiers)
-        if new_rate == rate:
-            break
-        rate = new_rate
+        if i > b and q * price <= tiers[i - 1][0]:
+            return tiers[i - 1][0] / q  # the requirement's jump at the boundary liquidates it
+        if q * price <= tiers[i][0]:
+            return price
     return price
 
 
