@@ -1,6 +1,6 @@
 """Ingest throughput: msgspec decode alone vs decode + state + detector host, one core.
 
-    .venv/bin/python benchmarks/ingest.py [--frames 3000] [--symbols 50] [--accounts 100000]
+    .venv/bin/python benchmarks/ingest.py [--frames 3000] [--symbols 50] [--accounts 100000] [--rate 50000]
 
 Frames hold 100 events each, mixed like a real exchange feed (book deltas and L3 orders
 dominate; trades, marks, positions and account updates follow). Prices and sizes are
@@ -23,14 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectors import build_detectors  # noqa: E402
 from monitor.codecs.native import NativeCodec  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
+from monitor.pipeline import Pipeline, tune_gc  # noqa: E402
 from monitor.state import MarketState  # noqa: E402
 
 T0 = 1_732_400_000_000
 MIX = [("book", 40), ("order", 35), ("trade", 12), ("mark", 3), ("position", 7), ("account", 3)]
 
 
-def make_frames(n_frames: int, n_symbols: int, n_accounts: int, seed: int = 1) -> list[bytes]:
+def make_frames(n_frames: int, n_symbols: int, n_accounts: int, seed: int = 1, rate: int = 50_000) -> list[bytes]:
+    """``rate``: events per second of event time (ticks cost per event-time second, not per event)."""
     rng = random.Random(seed)
     kinds = [k for k, w in MIX for _ in range(w)]
     symbols = [f"S{i:03d}-PERP" for i in range(n_symbols)]
@@ -46,10 +47,13 @@ def make_frames(n_frames: int, n_symbols: int, n_accounts: int, seed: int = 1) -
             "type": "book", "symbol": s, "ts": ts, "seq": 1, "snapshot": True,
             "bids": [[m * (1 - i * 1e-4), rng.uniform(0.1, 10)] for i in range(1, 51)],
             "asks": [[m * (1 + i * 1e-4), rng.uniform(0.1, 10)] for i in range(1, 51)]}))
+    per_ms = max(rate / 1000.0, 1e-3)
+    n = 0
     for _ in range(n_frames):
         events = []
         for _ in range(100):
-            ts += rng.choice((0, 0, 1, 2))
+            n += 1
+            ts = T0 + int(n / per_ms)
             k = rng.choice(kinds)
             s = rng.choice(symbols)
             m = mids[s] = mids[s] * (1 + rng.gauss(0, 2e-5))
@@ -107,9 +111,11 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=50)
     ap.add_argument("--accounts", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=50_000, help="events per second of event time")
     args = ap.parse_args()
-    frames = make_frames(args.frames, args.symbols, args.accounts)
-    print(f"{len(frames)} frames, {args.symbols} symbols, {args.accounts} accounts; "
+    frames = make_frames(args.frames, args.symbols, args.accounts, rate=args.rate)
+    tune_gc()  # as the daemon does
+    print(f"{len(frames)} frames, {args.symbols} symbols, {args.accounts} accounts, {args.rate:,} events/s of event time; "
           f"detectors: {[d.name for d in build_detectors({})]}")
     best = {}
     for full in (False, True):

@@ -112,6 +112,7 @@ def replay(
     """Replay a recording through the same pipeline, as fast as the CPU allows."""
     cfg = load_config(config)
     from monitor.daemon import build_pipeline, make_codec
+    from monitor.pipeline import tune_gc
     from monitor.sources import read_recording
 
     if not file.exists():
@@ -130,6 +131,7 @@ def replay(
         store.write_anomalies(batch)
         kinds.update(a.kind for a in batch)
 
+    tune_gc()
     t0 = time.perf_counter()
     pipeline.run_frames(read_recording(file), codec, on_batch=store_batch)
     store.close()
@@ -261,7 +263,7 @@ def evaluate(
     from detectors import build_detectors
     from monitor.codecs.native import NativeCodec
     from monitor.evaluate import evaluate as run_evaluation
-    from monitor.pipeline import Pipeline
+    from monitor.pipeline import Pipeline, tune_gc
     from monitor.simulate.scenarios import Label
     from monitor.sources import read_recording
     from monitor.state import MarketState
@@ -279,6 +281,7 @@ def evaluate(
         pipeline = build_pipeline(load_config(config))
     else:
         pipeline = Pipeline(MarketState(), build_detectors({}), tick_ms=250)
+    tune_gc()
     t0 = time.perf_counter()
     found = pipeline.run_frames(read_recording(recording), NativeCodec())
     elapsed = time.perf_counter() - t0

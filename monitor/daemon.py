@@ -26,7 +26,7 @@ from monitor.codecs import Codec
 from monitor.config import Config, ConfigError, SourceConfig
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
-from monitor.pipeline import Pipeline
+from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
 from monitor.state import MarketState
 from monitor.store import Store
@@ -86,6 +86,7 @@ class Daemon:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
+        tune_gc()
         self._queue = asyncio.Queue(maxsize=self.cfg.daemon.queue_frames)
         sources = [asyncio.create_task(self._source(s), name=f"source:{s.name}") for s in self.cfg.sources]
         processor = asyncio.create_task(self._process_forever(), name="processor")
