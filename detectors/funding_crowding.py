@@ -126,8 +126,9 @@ class FundingCrowding(Detector):
             score = min(abs(z_f), z_v)
             if not self._latch.fire(symbol, now, score, severity):
                 continue
+            # a catch-up tick can run after a later event was applied: never stamp before the evidence
             vb = s.vol.snapshot()
-            out.append(Anomaly.make("funding_crowding", now, score, severity, symbol=symbol, detail={
+            out.append(Anomaly.make("funding_crowding", max(now, m.ts), score, severity, symbol=symbol, detail={
                 "crowded_side": "long" if rate > 0 else "short",
                 "who_pays": "longs pay shorts" if rate > 0 else "shorts pay longs",
                 "features": {"funding_rate": rate, "realized_vol_bps_per_sqrt_s": round(vol_bps, 4),

@@ -9,7 +9,9 @@ Features per symbol, computed at the first tick after a ``mark`` or ``trade`` ev
 Each has a two-sided baseline of its own (river EW mean/variance, std floored at
 ``basis_floor_bps`` / ``last_floor_bps``, anomalous values not learned). A feature crosses
 when |z| >= its z threshold AND |value| >= its bps floor: a symbol that always trades at a
-premium does not alarm for it, and a quiet symbol's tiny wiggle is not an event.
+premium does not alarm for it, and a quiet symbol's tiny wiggle is not an event. A last
+price away from the mark but not from the index is the mark's doing (the basis signal),
+so the last must also sit ``last_min_bps`` from the index to count as pushed.
 
 Severity: info when only the basis crosses (the index or mark source is moving apart);
 warning when the last price crosses — a last price pushed away from the mark is how
@@ -109,7 +111,8 @@ class MarkDivergence(Detector):
                 continue
             basis_x = abs(z_b) >= cfg.basis_z and abs(basis) >= cfg.basis_min_bps
             last_x = (z_l is not None and s.last.ready and abs(z_l) >= cfg.last_z
-                      and abs(last_bps) >= cfg.last_min_bps)
+                      and abs(last_bps) >= cfg.last_min_bps
+                      and abs(last - m.index) / m.index * 1e4 >= cfg.last_min_bps)
             if not (basis_x or last_x):
                 continue
             if last_x:
@@ -121,12 +124,15 @@ class MarkDivergence(Detector):
                 severity, score = "info", abs(z_b)
             if not self._latch.fire(symbol, now, score, severity):
                 continue
+            # a catch-up tick can run after a later event was applied: never stamp before the evidence
             crossed = [name for name, x in (("basis", basis_x), ("last_vs_mark", last_x)) if x]
-            out.append(Anomaly.make("mark_divergence", now, score, severity, symbol=symbol, detail={
+            out.append(Anomaly.make("mark_divergence", max(now, m.ts), score, severity, symbol=symbol, detail={
                 "crossed": crossed,
                 "features": {"mark": m.mark, "index": m.index, "last": last, "last_source": last_src,
                              "basis_bps": round(basis, 3),
-                             "last_vs_mark_bps": round(last_bps, 3) if last_bps is not None else None},
+                             "last_vs_mark_bps": round(last_bps, 3) if last_bps is not None else None,
+                             "last_vs_index_bps": round((last - m.index) / m.index * 1e4, 3)
+                             if last is not None else None},
                 "z": {"basis": round(z_b, 3), "last_vs_mark": round(z_l, 3) if z_l is not None else None},
                 "baseline_bps": {"basis": s.basis.snapshot(), "last_vs_mark": s.last.snapshot()},
                 "thresholds": {"basis_z": cfg.basis_z, "basis_min_bps": cfg.basis_min_bps, "last_z": cfg.last_z,

@@ -1,0 +1,191 @@
+"""thin_book_cluster on crafted streams: a liquidation cluster near a thin book."""
+
+import pickle
+import random
+
+import pytest
+
+from detectors.thin_book_cluster import ThinBookCluster, ThinBookClusterConfig
+from monitor.events import Account, Book, Heartbeat, Mark, Position
+from monitor.pipeline import Pipeline
+from monitor.state import MarketState
+from monitor.state.liquidation import liquidation_price
+from tests.streams import T0
+
+SYM = "BTC-PERP"
+
+
+def market(seconds=240, cluster_at=None, surge=None, gap_at=None, resync_at=None, seed=3, whales=30,
+           whale_notional=30_000.0):
+    """Mid 100, bids/asks every 5 bps with 100 each (~1e4 notional a level). 300 background
+    isolated accounts at 2-5x (liquidations 20-50% away) and 40 small 20x ones (~4.5% away);
+    churn 2 position changes/s, a book delta every tick, marks each second. ``cluster_at``:
+    ``whales`` accounts open 40x longs (~2.1% below the mark) at that second. ``surge`` = (start,
+    end) triples churn and book activity. ``gap_at`` drops a book message (sequence gap)."""
+    rng = random.Random(seed)
+    ev = [Book(symbol=SYM, ts=T0, seq=1, snapshot=True, bids=[(100 - 0.05 * k, 100.0) for k in range(1, 101)],
+               asks=[(100 + 0.05 * k, 100.0) for k in range(1, 101)])]
+    seq = 1
+    accts = [(f"bg-{i}", rng.choice((2.0, 3.0, 5.0)), rng.uniform(5_000, 50_000)) for i in range(300)]
+    accts += [(f"hi-{i}", 20.0, rng.uniform(5_000, 15_000)) for i in range(40)]
+
+    def pos(ts, name, lev, notional, side=1):
+        size = side * notional / 100.0
+        venue = 100.0 * (1 - side / lev + side * 0.004)  # the venue's rougher figure, for the cross-check
+        return [Account(account=name, ts=ts, equity=notional / lev),
+                Position(account=name, symbol=SYM, ts=ts, size=size, entry_price=100.0, leverage=lev,
+                         margin_mode="isolated", liq_price=venue)]
+
+    for i, (name, lev, n) in enumerate(accts):
+        ev += pos(T0 + 1 + i, name, lev, n, side=rng.choice((1, -1)))
+    for step in range(1, seconds * 4):
+        ts = T0 + step * 250
+        t = step / 4
+        x = 3 if surge and surge[0] <= t < surge[1] else 1
+        for _ in range(x):
+            k = rng.randint(1, 100)
+            seq += 1
+            if gap_at is not None and gap_at <= t < gap_at + 0.25:
+                seq += 1  # a message lost on the way
+            side = "bids" if rng.random() < 0.5 else "asks"
+            px = 100 - 0.05 * k if side == "bids" else 100 + 0.05 * k
+            ev.append(Book(symbol=SYM, ts=ts, seq=seq, **{side: [(px, 100.0 + rng.uniform(-5, 5))]}))
+        if resync_at is not None and resync_at <= t < resync_at + 0.25:
+            seq += 1
+            ev.append(Book(symbol=SYM, ts=ts, seq=seq, snapshot=True,
+                           bids=[(100 - 0.05 * k, 100.0) for k in range(1, 101)],
+                           asks=[(100 + 0.05 * k, 100.0) for k in range(1, 101)]))
+        for _ in range(sum(rng.random() < 0.5 for _ in range(x))):
+            name, lev, n = rng.choice(accts)
+            ev += pos(ts + 1, name, lev, n * rng.uniform(0.8, 1.25), side=rng.choice((1, -1)))
+        if step % 4 == 0:
+            ev.append(Mark(symbol=SYM, ts=ts + 2, mark=100.0 + rng.uniform(-0.01, 0.01), index=100.0,
+                           funding_rate=0.0001, open_interest=1e5))
+        if cluster_at is not None and cluster_at <= t < cluster_at + 0.25:
+            for i in range(whales):
+                ev += pos(ts + 3, f"whale-{i}", 40.0, whale_notional)
+    return ev
+
+
+def run(events, **cfg):
+    d = ThinBookCluster(ThinBookClusterConfig(**cfg))
+    p = Pipeline(MarketState(), [d], tick_ms=250)
+    return p.process(events) + p.flush(), d, p
+
+
+def test_fires_on_cluster_near_thin_book():
+    """~880k (at their liquidation prices) of 40x longs ~2% below the mark, against ~420k of bids: warning."""
+    out, _, _ = run(market(cluster_at=150))
+    assert out, "no anomaly"
+    a = out[0]
+    assert a.kind == "thin_book_cluster" and a.symbol == SYM and a.account is None
+    assert T0 + 150_000 <= a.ts <= T0 + 152_000
+    d = a.detail
+    assert d["side"] == "long" and d["rule"] == "pressure" and a.severity == "warning"
+    assert 180 <= d["band"]["distance_bps"] <= 260
+    assert d["forced_notional_mark_to_band"] >= 850_000 > d["absorbing_depth"] > 300_000
+    assert d["ratio"] == pytest.approx(d["forced_notional_mark_to_band"] / d["absorbing_depth"], rel=1e-3)
+    assert d["ratio"] >= d["thresholds"]["factor"] and d["z"] >= d["thresholds"]["z_threshold"]
+    top = d["top_accounts"]
+    assert len(top) == 5 and all(t["account"].startswith("whale-") for t in top)
+    assert all(t["venue_liq_price"] and abs(t["divergence_bps"]) < 100 for t in top)  # the cross-check
+    assert len(out) == 1, [x.detail["rule"] for x in out]  # the persisting cluster is one episode
+
+
+def test_bigger_cluster_is_critical():
+    """The same cluster at 3x the notional crosses critical_factor."""
+    out, _, _ = run(market(cluster_at=150, whale_notional=100_000.0))
+    assert out and out[0].severity == "critical" and out[0].detail["ratio"] >= 3
+
+
+def test_silent_without_cluster():
+    """The same market without the whales raises nothing."""
+    assert run(market())[0] == []
+
+
+def test_silent_during_warm_up():
+    """A cluster before the symbol's warm-up is over raises nothing."""
+    assert run(market(cluster_at=20, seconds=55))[0] == []
+
+
+def test_silent_on_benign_3x_surge():
+    """Three times the position churn and book activity, same distribution: silent."""
+    assert run(market(surge=(100, 160)))[0] == []
+
+
+def test_quiet_while_the_book_is_unreliable():
+    """A cluster during a sequence gap is not judged on a book with a hole; after the snapshot it is."""
+    out, d, _ = run(market(cluster_at=150, gap_at=149))
+    assert out == [] and d._syms[SYM].unreliable_evals > 0
+    out, _, _ = run(market(cluster_at=150, gap_at=149, resync_at=170))
+    assert out and out[0].ts >= T0 + 170_000
+
+
+def test_buckets_match_a_recomputation_from_scratch():
+    """After thousands of incremental updates the buckets equal a fresh recomputation.
+
+    (Funding off: with it a position's price is as of its last update, and marks move.)"""
+    events = market(seconds=120, cluster_at=60)
+    _, d, p = run(events, include_funding=False)
+    fresh = ThinBookCluster(ThinBookClusterConfig(include_funding=False))
+    for acct in p.state.accounts.accounts:
+        fresh._dirty[acct] = None
+    fresh.on_tick(p.clock.now + 250, p.state)
+    for side in ("long", "short"):
+        got, want = getattr(d._syms[SYM], side).hist, getattr(fresh._syms[SYM], side).hist
+        assert set(got) == set(want)
+        assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want)
+
+
+def test_liquidation_prices_use_the_config():
+    """Per-symbol tiers and the fee change where a position sits; funding only when included."""
+    st = MarketState()
+    for e in (Mark(symbol=SYM, ts=T0, mark=100.0, index=100.0, funding_rate=0.001),
+              Position(account="a", symbol=SYM, ts=T0, size=1.0, entry_price=100.0, leverage=10.0,
+                       margin_mode="isolated")):
+        st.apply(e)
+    flat = ThinBookCluster(ThinBookClusterConfig(tiers={SYM: [(1e12, 0.01)]}, taker_fee=0.001, include_funding=False))
+    [(_, liq, notional, _)] = flat.liquidations("a", st)
+    assert liq == pytest.approx(90.0 / (1 - 0.01 - 0.001)) and notional == pytest.approx(liq)
+    funded = ThinBookCluster(ThinBookClusterConfig(tiers={SYM: [(1e12, 0.01)]}, taker_fee=0.001))
+    [(_, liq2, _, _)] = funded.liquidations("a", st)
+    assert liq2 == pytest.approx(liquidation_price(1.0, 100.0, 10.0, tiers=((float("inf"), 0.01),), fee=0.001,
+                                                   funding=0.1))
+
+
+def test_cross_positions_share_the_account_equity():
+    """Two cross longs on one account: each uses the shared equity and the other's maintenance."""
+    st = MarketState()
+    for e in (Mark(symbol=SYM, ts=T0, mark=100.0, index=100.0), Mark(symbol="ETH-PERP", ts=T0, mark=10.0, index=10.0),
+              Account(account="a", ts=T0, equity=50.0),
+              Position(account="a", symbol=SYM, ts=T0, size=1.0, entry_price=100.0, leverage=10.0),
+              Position(account="a", symbol="ETH-PERP", ts=T0, size=5.0, entry_price=10.0, leverage=10.0)):
+        st.apply(e)
+    d = ThinBookCluster(ThinBookClusterConfig(default_tiers=[(1e12, 0.005)], taker_fee=0.0, include_funding=False))
+    got = {s: liq for s, liq, _, _ in d.liquidations("a", st)}
+    assert got[SYM] == pytest.approx((0.25 - 50 + 100) / 0.995)  # other_mm = 5 * 10 * 0.005
+    assert got["ETH-PERP"] == pytest.approx((0.5 - 50 + 50) / (5 * 0.995))
+
+
+def test_contributions_are_bounded_and_evicted_cleanly():
+    """With max_accounts = 50 only 50 accounts contribute, and the buckets hold exactly theirs."""
+    _, d, _ = run(market(seconds=30), max_accounts=50)
+    assert len(d._contrib) == 50 and d.evicted > 0
+    held = sum(len(m) for side in (d._syms[SYM].long, d._syms[SYM].short) for m in side.members.values())
+    assert held == 50
+
+
+def test_checkpoint_resumes_with_identical_output():
+    """Pickling the pipeline mid-stream and resuming gives the same anomalies as one run."""
+    events = market(cluster_at=150)
+    whole, _, _ = run(events)
+    p = Pipeline(MarketState(), [ThinBookCluster()], tick_ms=250)
+    half = len(events) // 2
+    first = p.process(events[:half])
+    p2 = Pipeline.restore(pickle.loads(pickle.dumps(p.checkpoint())))
+    assert first + p2.process(events[half:]) + p2.flush() == whole
+
+
+def test_heartbeat_only_is_silent():
+    """Event time moving with nothing else: no anomaly, no error."""
+    assert run([Heartbeat(ts=T0 + i * 1000) for i in range(300)])[0] == []
