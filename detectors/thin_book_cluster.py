@@ -130,7 +130,7 @@ class ThinBookCluster(Detector):
     Config = ThinBookClusterConfig
     consumes = (Position, Account, Mark, Liquidation)
     check_params = [{}, {"warmup_ticks": 8, "min_samples": 3, "min_cluster_notional": 1_000.0, "eval_ms": 250,
-                         "max_accounts": 16, "rearm_ms": 1_000, "factor": 0.2},
+                         "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2},
                     {"warmup_ticks": 4, "min_samples": 2, "bucket_bps": 20.0, "max_distance_bps": 2_000.0,
                      "include_funding": False, "max_accounts": 4, "z_threshold": 0.5, "min_cluster_notional": 10.0,
                      "tiers": {"BTC-PERP": [(10_000.0, 0.01), (1e12, 0.02)]}}]
