@@ -178,6 +178,66 @@ def anomalies(
     print_anomaly_table(rows)
 
 
+def _incident_table(path: Path):
+    from alerts.incidents import IncidentTable
+
+    if not path.exists():
+        return None
+    return IncidentTable(path, readonly=True)
+
+
+@app.command()
+def incidents(
+    config: Path = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    limit: int = typer.Option(50, "--limit", min=1),
+) -> None:
+    """List incidents, most recently active first."""
+    cfg = load_config(config)
+    table = _incident_table(Path(cfg.store.path))
+    rows = table.list(limit) if table is not None else []
+    for r in rows:
+        r.pop("timeline")
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    t = Table(title=f"{len(rows)} incidents")
+    for col in ("id", "status", "severity", "opened (UTC)", "last (UTC)", "title"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        sev = r["severity"]
+        t.add_row(r["id"], r["status"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]", fmt_ts(r["opened_ts"]),
+                  fmt_ts(r["last_ts"]), r["title"])
+    Console().print(t)
+
+
+@app.command()
+def incident(
+    incident_id: str = typer.Argument(..., help="An incident id from `perpwatch incidents`."),
+    config: Path = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the incident as JSON."),
+) -> None:
+    """One incident: its evidence and its timeline (which anomaly joined when and why)."""
+    cfg = load_config(config)
+    table = _incident_table(Path(cfg.store.path))
+    row = table.get(incident_id) if table is not None else None
+    if row is None:
+        raise fail(f"no incident {incident_id!r} in {cfg.store.path}", 1)
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(row).decode() + "\n")
+        return
+    console = Console()
+    sev = row["severity"]
+    console.print(f"[bold]{row['id']}[/]  [{SEVERITY_STYLE.get(sev, '')}]{sev}[/]  {row['status']}  {row['title']}")
+    console.print(f"symbols: {', '.join(row['symbols']) or '-'}   accounts: {', '.join(row['accounts'][:20]) or '-'}")
+    t = Table(title="timeline (event time)")
+    for col in ("time (UTC)", "kind", "severity", "symbol", "account", "why it joined"):
+        t.add_column(col, overflow="fold")
+    for e in row["timeline"]:
+        t.add_row(fmt_ts(e["ts"]), e["kind"], e["severity"], e["symbol"] or "", e["account"] or "", e["reason"])
+    console.print(t)
+
+
 @app.command()
 def demo(
     duration: float = typer.Option(120.0, "--duration", help="Seconds of wall time to run."),

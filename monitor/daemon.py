@@ -36,7 +36,9 @@ log = structlog.get_logger("perpwatch.daemon")
 
 
 class AnomalySink(Protocol):
-    """Something that takes stored anomalies onward (alerts, the demo's console)."""
+    """Something that takes stored anomalies onward (alerts, the demo's console).
+
+    A sink may also have ``async start()``, awaited when the daemon starts running."""
 
     async def handle(self, anomalies: list[Anomaly]) -> None: ...
 
@@ -68,6 +70,10 @@ class Daemon:
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
         self.store = store or Store(cfg.store.path)
         self.sinks = list(sinks or [])
+        if cfg.alerts.receivers:
+            from alerts.engine import AlertEngine
+
+            self.sinks.append(AlertEngine(cfg, self.pipeline.state))
         self.anomalies_total = 0
         self.started_wall = time.time()
         self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
@@ -87,6 +93,10 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         tune_gc()
+        for sink in self.sinks:
+            start = getattr(sink, "start", None)
+            if start is not None:
+                await start()
         self._queue = asyncio.Queue(maxsize=self.cfg.daemon.queue_frames)
         sources = [asyncio.create_task(self._source(s), name=f"source:{s.name}") for s in self.cfg.sources]
         processor = asyncio.create_task(self._process_forever(), name="processor")

@@ -117,3 +117,51 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOU
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class Collector:
+    """An HTTP receiver on 127.0.0.1 recording every POST; ``script`` gives the status per
+    request (e.g. [503, 503] then 200s) and optional headers (Retry-After)."""
+
+    def __init__(self, script: list[int | tuple[int, dict]] | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[dict, bytes, float]] = []
+        self.answers: list[int] = []
+        self.script = list(script or [])
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                step = collector.script.pop(0) if collector.script else 200
+                status, headers = step if isinstance(step, tuple) else (step, {})
+                collector.answers.append(status)
+                if status == 200:
+                    collector.requests.append((dict(self.headers), body, time.time()))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Collector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+
+    def payloads(self) -> list[dict]:
+        return [json.loads(body) for _, body, _ in self.requests]

@@ -1,0 +1,1 @@
+"""Alerting: correlation into incidents, routing, a durable outbox, and notifiers."""

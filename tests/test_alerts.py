@@ -1,0 +1,145 @@
+"""Alerts, pure parts: correlation, routing timers, outbox, payloads and signatures."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import httpx
+import msgspec
+from slack_sdk.models.blocks import Block
+
+from alerts.correlate import Correlator
+from alerts.engine import payload
+from alerts.notify.slack import blocks
+from alerts.notify.webhook import WebhookNotifier, sign
+from alerts.outbox import Outbox
+from alerts.route import RouteState, decide, matches
+from monitor.config import parse
+from monitor.events import Anomaly
+from monitor.state import MarketState
+from tests.support import T0
+
+
+def anomaly(kind, ts, symbol=None, account=None, severity="warning", **detail):
+    return Anomaly.make(kind, T0 + ts, 5.0, severity, symbol=symbol, account=account, detail=detail)
+
+
+def test_same_symbol_joins_other_symbol_does_not():
+    """Anomalies on one symbol within the window share an incident; another symbol opens its own."""
+    c = Correlator(window_ms=60_000)
+    i1, _ = c.add(anomaly("cancel_burst", 0, "BTC"), None)
+    i2, _ = c.add(anomaly("feed_gap", 10_000, "BTC"), None)
+    i3, _ = c.add(anomaly("cancel_burst", 20_000, "ETH"), None)
+    i4, _ = c.add(anomaly("cancel_burst", 200_000, "BTC"), None)
+    assert i1 is i2 and i3 is not i1 and i4 is not i1
+    assert [t["kind"] for t in i1.timeline] == ["cancel_burst", "feed_gap"]
+
+
+def test_shared_collateral_links_symbols():
+    """An account holding cross positions in two symbols links their anomalies."""
+    state = MarketState()
+    state.accounts.position("a-1", "BTC", 1.0, 100.0, 10.0, "cross", None, T0)
+    state.accounts.position("a-1", "ETH", 1.0, 100.0, 10.0, "cross", None, T0)
+    c = Correlator()
+    i1, _ = c.add(anomaly("thin_book_cluster", 0, "ETH"), state)
+    i2, synth = c.add(anomaly("leverage_jump", 5_000, "BTC", account="a-1"), state)
+    assert i1 is i2 and i1.symbols == {"BTC", "ETH"}
+
+
+def test_cascade_rule_escalates_to_critical_once():
+    """thin_book_cluster + cancel_burst in one incident synthesize one critical cascade_risk."""
+    c = Correlator()
+    c.add(anomaly("thin_book_cluster", 0, "BTC"), None)
+    inc, synth = c.add(anomaly("cancel_burst", 1_000, "BTC"), None)
+    assert [a.kind for a in synth] == ["cascade_risk"] and synth[0].severity == "critical"
+    assert inc.severity == "critical"
+    _, again = c.add(anomaly("cancel_burst", 2_000, "BTC"), None)
+    assert again == []
+
+
+def test_incident_resolves_after_quiet():
+    """After resolve_after of event time without anomalies an incident is closed."""
+    c = Correlator(window_ms=600_000, resolve_after_ms=60_000)
+    i1, _ = c.add(anomaly("feed_gap", 0, "BTC"), None)
+    i2, _ = c.add(anomaly("feed_gap", 120_000, "BTC"), None)
+    assert i1.status == "resolved" and i2 is not i1
+
+
+def cfg(routes: str):
+    return parse('[store]\npath="x.db"\n[[alerts.receivers]]\nname="r"\nurl="http://127.0.0.1:1/h"\n' + routes)
+
+
+def test_route_matching_and_timers():
+    """Severity floor, kinds and symbol globs match; group_wait/interval/repeat gate sends."""
+    r = cfg('[[alerts.routes]]\nreceiver="r"\nmin_severity="warning"\nkinds=["cancel_burst"]\n'
+            'symbols=["BTC-*"]\ngroup_wait="10s"\ngroup_interval="1m"\nrepeat_interval="1h"\n').alerts.routes[0]
+    assert matches(r, "critical", {"cancel_burst"}, {"BTC-PERP"})
+    assert not matches(r, "info", {"cancel_burst"}, {"BTC-PERP"})
+    assert not matches(r, "warning", {"feed_gap"}, {"BTC-PERP"})
+    assert not matches(r, "warning", {"cancel_burst"}, {"ETH-PERP"})
+    st = RouteState(now=0.0)
+    assert decide(r, st, 1, 5.0) is None and decide(r, st, 1, 10.0) == "first"
+    st.last_sent, st.sent_version = 10.0, 1
+    assert decide(r, st, 2, 30.0) is None and decide(r, st, 2, 70.0) == "update"
+    st.last_sent, st.sent_version = 70.0, 2
+    assert decide(r, st, 2, 3000.0) is None and decide(r, st, 2, 3670.0) == "repeat"
+
+
+def test_outbox_collapses_pending_per_incident_and_survives_reopen(tmp_path):
+    """One pending row per (receiver, incident), the latest payload; rows survive a reopen."""
+    ob = Outbox(tmp_path / "pw.db")
+    ob.enqueue("r", "inc-1", b"v1", now=1.0)
+    ob.enqueue("r", "inc-1", b"v2", now=2.0)
+    ob.enqueue("r", "inc-2", b"w1", now=2.0)
+    ob.close()
+    ob = Outbox(tmp_path / "pw.db")
+    rows = ob.due(now=10.0)
+    assert [(r[2], r[3]) for r in rows] == [("inc-1", b"v2"), ("inc-2", b"w1")]
+    ob.mark_failed(rows[0][0], retry_at=100.0, error="HTTP 503")
+    ob.mark_sent(rows[1][0], now=11.0)
+    assert [r[2] for r in ob.due(now=50.0)] == [] and ob.pending() == 1
+    ob.enqueue("r", "inc-2", b"w2", now=12.0)  # a sent incident gets a new pending row
+    assert ob.pending() == 2
+
+
+def test_payload_follows_the_contract():
+    """The webhook body has exactly the contract's fields, anomalies with theirs."""
+    c = Correlator()
+    inc, _ = c.add(anomaly("cancel_burst", 0, "BTC-PERP", account="a-1", z=7.5), None)
+    body = json.loads(payload(inc))
+    assert set(body) == {"version", "incident_id", "status", "severity", "title", "symbols", "accounts", "anomalies"}
+    assert body["version"] == "1" and body["status"] == "firing" and body["symbols"] == ["BTC-PERP"]
+    assert set(body["anomalies"][0]) == {"id", "kind", "symbol", "account", "ts", "score", "severity", "detail"}
+    assert body["anomalies"][0]["ts"] == T0
+
+
+def test_signature_verifies_and_secret_stays_out_of_errors():
+    """The signature is HMAC-SHA256 over '<t>.' + body; errors never carry the URL."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503)
+
+    n = WebhookNotifier("hook", "http://127.0.0.1:9/secret-path?token=abc", "s3cret", 5.0,
+                        client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    result = asyncio.run(n.send(b'{"x":1}'))
+    assert result.outcome == "retryable" and "secret-path" not in result.error and "abc" not in result.error
+    sig = seen[0].headers["X-Perpwatch-Signature"]
+    t = int(sig.split(",")[0][2:])
+    expected = hmac.new(b"s3cret", f"{t}.".encode() + b'{"x":1}', hashlib.sha256).hexdigest()
+    assert sig == f"t={t},v1={expected}" == sign(b"s3cret", b'{"x":1}', t)
+
+
+def test_slack_blocks_are_valid_block_kit():
+    """Slack messages parse as Block Kit blocks (slack_sdk's own models)."""
+    c = Correlator()
+    c.add(anomaly("thin_book_cluster", 0, "BTC-PERP", ratio=3.2, distance_bps=80.0), None)
+    inc, _ = c.add(anomaly("cancel_burst", 1_000, "BTC-PERP", account="a-1", z_cancel=9.1), None)
+    msg = blocks(msgspec.json.decode(payload(inc)))
+    parsed = [Block.parse(b) for b in msg["attachments"][0]["blocks"]]
+    assert all(p is not None for p in parsed)
+    for p in parsed:
+        p.validate_json()
+    assert "cascade_risk" in msg["text"] and msg["attachments"][0]["color"] == "#D00000"

@@ -1,0 +1,108 @@
+"""End to end: daemon subprocess, a websocket feed and an HTTP receiver on 127.0.0.1."""
+
+import hashlib
+import hmac
+import json
+import signal
+
+import pytest
+
+from tests.support import (T0, TIMEOUT, Collector, ThreadedFeed, frame, perpwatch, start_daemon, stop_daemon, wait_for,
+                           write_config)
+
+pytestmark = pytest.mark.e2e
+SECRET = "hook-secret-value-123"
+
+
+def gap_frames(symbols=("BTC-PERP",)) -> list[str]:
+    out = []
+    for i, s in enumerate(symbols):
+        out.append(frame({"type": "book", "symbol": s, "ts": T0 + i, "seq": 1, "snapshot": True,
+                          "bids": [[100, 1]], "asks": [[101, 1]]}))
+        out.append(frame({"type": "book", "symbol": s, "ts": T0 + 100 + i, "seq": 4, "bids": [[99, 1]]}))
+    return out
+
+
+def alerts_config(url: str, secret: bool = True) -> str:
+    return f"""
+[[alerts.receivers]]
+name = "risk-hook"
+kind = "webhook"
+url = "{url}"
+{'secret_env = "PERPWATCH_HOOK_SECRET"' if secret else ''}
+
+[[alerts.routes]]
+receiver = "risk-hook"
+min_severity = "info"
+group_wait = "0s"
+"""
+
+
+def verify(headers: dict, body: bytes) -> bool:
+    sig = headers["X-Perpwatch-Signature"]
+    t, v1 = (part.split("=", 1)[1] for part in sig.split(","))
+    return hmac.compare_digest(v1, hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest())
+
+
+def test_signed_webhook_arrives_with_contract_payload(tmp_path):
+    """A feed gap becomes an incident POSTed with the contract payload and a valid signature."""
+    with Collector() as hook, ThreadedFeed(gap_frames()) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url))
+        proc = start_daemon(cfg, env={"PERPWATCH_HOOK_SECRET": SECRET})
+        try:
+            wait_for(lambda: hook.requests, "a webhook POST")
+        finally:
+            code, out, err = stop_daemon(proc)
+    assert code == 0, err
+    headers, body, _ = hook.requests[0]
+    assert headers["Content-Type"] == "application/json" and verify(headers, body)
+    p = json.loads(body)
+    assert p["version"] == "1" and p["status"] == "firing" and p["symbols"] == ["BTC-PERP"]
+    assert p["anomalies"][0]["kind"] == "feed_gap" and p["anomalies"][0]["ts"] == T0 + 100
+    assert SECRET not in out + err and hook.url not in out + err  # secrets never logged
+    r = perpwatch("incidents", "--config", str(cfg), "--json")
+    [inc] = json.loads(r.stdout)
+    assert inc["id"] == p["incident_id"] and inc["symbols"] == ["BTC-PERP"]
+    r = perpwatch("incident", inc["id"], "--config", str(cfg), "--json")
+    assert json.loads(r.stdout)["timeline"][0]["kind"] == "feed_gap"
+    assert perpwatch("incident", inc["id"], "--config", str(cfg)).returncode == 0
+
+
+def test_receiver_down_then_up_gets_everything(tmp_path):
+    """503s, then a 429 with Retry-After, then recovery: every incident still arrives."""
+    symbols = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
+    with Collector([503, 503, 503, (429, {"Retry-After": "1"})]) as hook, ThreadedFeed(gap_frames(symbols)) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: {s for p in hook.payloads() for s in p["symbols"]} == set(symbols),
+                     "every incident after the receiver recovered")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert hook.answers[:4] == [503, 503, 503, 429]
+    assert len({p["incident_id"] for p in hook.payloads()}) == 3
+
+
+def test_pending_notifications_survive_sigkill(tmp_path):
+    """Killed with SIGKILL while the receiver refuses, restarted: the notification arrives."""
+    store = tmp_path / "pw.db"
+    with Collector([503] * 1000) as hook, ThreadedFeed(gap_frames()) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, store, alerts_config(hook.url, False))
+        proc = start_daemon(cfg)
+        wait_for(lambda: len(hook.answers) >= 1, "a first (refused) delivery attempt")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+        hook.script.clear()  # the receiver is back
+    with Collector() as hook2:
+        text = cfg.read_text().replace(hook.url, hook2.url)
+        cfg.write_text(text)
+        with ThreadedFeed([]) as feed2:
+            cfg.write_text(cfg.read_text().replace(feed.url, feed2.url))
+            proc = start_daemon(cfg)
+            try:
+                wait_for(lambda: hook2.requests, "the pending notification after restart")
+            finally:
+                code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert hook2.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
