@@ -1,6 +1,7 @@
 """leverage_jump: an account levering up fast, or a crowd of them on one symbol.
 
-Per account (compact: five floats in an LRU-bounded map, ``max_accounts``):
+Per account (compact: ten doubles in an LRU-bounded table, ``max_accounts``, see
+``detectors.rows``):
 - leverage against the account's own EW leverage (``lev_ratio`` x and at least
   ``min_leverage``) — an account going 3x -> 25x;
 - total position notional against what it held ``window_ms`` ago (``notional_ratio`` x, at
@@ -8,26 +9,52 @@ Per account (compact: five floats in an LRU-bounded map, ``max_accounts``):
   known) — notional x8 within seconds;
 - margin ratio (maintenance margin / equity) crossing ``margin_ratio_warn`` after rising by
   ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast.
-These are O(1) comparisons at the position/account event; the anomaly is emitted at
-the next tick with the event's time.
+An account needs ``min_history`` position events before it can jump (its first positions
+are its history, not a jump).
 
-Per symbol (cohort): accounts raising leverage (``cohort_raise`` x, to at least
-``min_leverage``) within ``cohort_window_ms``, against the symbol's own baseline of that
-count (river EW stats); OI-weighted leverage, kept incrementally, is reported with it.
+Per symbol (cohort): accounts raising leverage (``cohort_raise`` x the position they
+replace, else the account's usual leverage, to at least ``min_leverage``) within
+``cohort_window_ms``, against the symbol's own baseline of that count (river EW stats,
+protected learning); OI-weighted leverage (sum |notional| x leverage / sum |notional|,
+kept incrementally from each position and the one it replaced) and its baseline are
+reported with it, as is the venue's open interest.
+
+``on_event`` only records (the event's essentials, the OI-weighted sums, an LRU touch);
+accounts and cohorts are scored at the next tick, score before learn. An account
+anomaly carries the event time of the position or account event that jumped.
 
 Severity: warning; critical when the new leverage reaches ``critical_leverage``, the
 notional ``critical_notional``, the margin ratio 0.95, or a cohort is 3x ``cohort_min``.
-An account or symbol re-fires within ``cooldown_ms`` only if its score doubles.
+Re-arm: an account re-fires within ``cooldown_ms`` only if its score doubles; a symbol's
+cohort episode ends after its condition has been clear for ``cooldown_ms`` (inside it,
+only a doubled score or a higher severity fires again). Warm-up: no cohort anomaly
+before ``warmup_ticks`` x ``tick_ms`` of event time on the symbol and 20 baseline ticks.
+
+>>> from monitor.events import Position
+>>> from monitor.state import MarketState
+>>> st, d = MarketState(), LeverageJump()
+>>> for ts, lev, size in ((1_732_400_000_000, 3.0, 1.0), (1_732_400_060_000, 3.0, 1.2), (1_732_400_061_000, 25.0, 10.0)):
+...     ev = Position(account="a", symbol="X", ts=ts, size=size, entry_price=10_000.0, leverage=lev)
+...     _ = st.apply(ev); d.on_event(ev, st)
+>>> [(a.account, a.detail["reasons"]) for a in d.on_tick(1_732_400_061_250, st)]
+[('a', ['leverage', 'notional'])]
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
 from detectors.base import Detector, DetectorConfig
-from detectors.baseline import Baseline, Cooldown
+from detectors.baseline import Baseline
+from detectors.latch import Latch
+from detectors.rows import AccountRows
 from monitor.events import Account, Anomaly, Position
 from monitor.state import MarketState
+
+# per-account row fields
+N, LEV, NOTIONAL, BASE_NOTIONAL, BASE_TS, MR, MR_TS, FIRED_TS, FIRED_SCORE, TOTAL = range(10)
+FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "fired_ts", "fired_score", "total")
+MIN_BASELINE = 20  # cohort baseline ticks needed on top of the event-time warm-up
 
 
 class LeverageJumpConfig(DetectorConfig, kw_only=True):
@@ -48,86 +75,62 @@ class LeverageJumpConfig(DetectorConfig, kw_only=True):
     cohort_min: int = 10  # accounts raising leverage on one symbol within the window
     cohort_z: float = 4.0  # ...and this far above the symbol's own baseline of that count
     cohort_raise: float = 1.5  # a raise: new leverage >= this x the previous one on the symbol
-    tick_ms: int = 250  # must match [daemon] tick
+    tick_ms: int = 250  # must match [daemon] tick (warm-up is warmup_ticks x tick_ms of event time)
     warmup_ticks: int = 240  # cohort baseline ticks before a cohort anomaly
     cooldown_ms: int = 60_000
 
 
-class _Acct:
-    __slots__ = ("lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "n")
-
-    def __init__(self) -> None:
-        self.lev = 0.0
-        self.notional = 0.0
-        self.base_notional = 0.0
-        self.base_ts = 0
-        self.mr = 0.0
-        self.mr_ts = 0
-        self.n = 0
-
-    def __getstate__(self):
-        return tuple(getattr(self, k) for k in self.__slots__)
-
-    def __setstate__(self, s):
-        for k, v in zip(self.__slots__, s):
-            setattr(self, k, v)
-
-
 class _Sym:
-    __slots__ = ("buckets", "cur", "raisers", "oi_w", "oi_wl", "base", "lev_base")
+    __slots__ = ("buckets", "cur", "count", "raisers", "oi_w", "oi_wl", "base", "lev_base", "first")
 
-    def __init__(self, n: int, cfg: LeverageJumpConfig) -> None:
-        self.buckets: deque[int] = deque(maxlen=n)
-        self.cur = 0
-        self.raisers: deque[str] = deque(maxlen=64)  # the latest raisers, for evidence
+    def __init__(self, cfg: LeverageJumpConfig) -> None:
+        self.buckets: deque[tuple[int, int]] = deque()  # (tick time, raises in that tick)
+        self.cur = 0  # raises since the last tick
+        self.count = 0  # raises within the window (running sum of the buckets)
+        self.raisers: deque[tuple[str, float, float]] = deque(maxlen=64)  # latest (account, from, to)
         self.oi_w = 0.0  # sum of |notional|
         self.oi_wl = 0.0  # sum of |notional| * leverage
-        self.base = Baseline(0.01, cfg.warmup_ticks, std_floor=1.0)
-        self.lev_base = Baseline(0.01, cfg.warmup_ticks, std_floor=0.5)
+        self.base = Baseline(0.01, MIN_BASELINE, std_floor=1.0)
+        self.lev_base = Baseline(0.01, MIN_BASELINE, std_floor=0.5)
+        self.first = 0
 
 
 class LeverageJump(Detector):
     name = "leverage_jump"
     Config = LeverageJumpConfig
     consumes = (Position, Account)
+    check_params = [{}, {"max_accounts": 16, "warmup_ticks": 8, "cohort_min": 3, "cooldown_ms": 1_000},
+                    {"max_accounts": 4, "min_history": 0, "lev_ratio": 1.5, "min_leverage": 2.0, "fading": 0.9,
+                     "cohort_window_ms": 5_000, "warmup_ticks": 2}]
 
     def __init__(self, config: LeverageJumpConfig | None = None) -> None:
         super().__init__(config)
-        self.accounts: OrderedDict[str, _Acct] = OrderedDict()
-        self.evicted = 0
+        self.accounts = AccountRows(FIELDS, self.config.max_accounts)
         self._syms: dict[str, _Sym] = {}
-        self._pending: list[Anomaly] = []
-        self._cooldown = Cooldown(self.config.cooldown_ms)
+        self._pending: list[tuple] = []  # events since the last tick, in order
+        self._latch = Latch(self.config.cooldown_ms, 2.0)
 
-    def _acct(self, account: str) -> _Acct:
-        rec = self.accounts.get(account)
-        if rec is None:
-            rec = self.accounts[account] = _Acct()
-            if len(self.accounts) > self.config.max_accounts:
-                self.accounts.popitem(last=False)
-                self.evicted += 1
-        else:
-            self.accounts.move_to_end(account)
-        return rec
+    @property
+    def evicted(self) -> int:
+        return self.accounts.evicted
 
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        return {"accounts": (len(self.accounts), self.accounts.cap),
+                "latch": (len(self._latch), self._latch.max_keys)}
+
+    # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
-        if type(ev) is Position:
-            self._position(ev, state)
-        else:
-            self._account(ev)
-
-    def _position(self, ev: Position, state: MarketState) -> None:
-        cfg = self.config
         acct = str(ev.account)
-        rec = self._acct(acct)
-        st = state.accounts.get(acct)
-        notional = sum(p.notional() for p in st.positions.values()) if st is not None else 0.0
-        prev = state.last_prev_position
+        i = self.accounts.touch(acct)
+        if type(ev) is Account:
+            if ev.maintenance_margin is not None:
+                self._pending.append((acct, None, ev.equity, ev.maintenance_margin, ev.ts))
+            return
         sym = self._syms.get(ev.symbol)
         if sym is None:
-            sym = self._syms[ev.symbol] = _Sym(max(1, cfg.cohort_window_ms // cfg.tick_ms), cfg)
-        # OI-weighted leverage of the symbol, kept incrementally
-        if prev is not None:
+            sym = self._syms[ev.symbol] = _Sym(self.config)
+        prev = state.last_prev_position
+        if prev is not None:  # OI-weighted leverage of the symbol, kept incrementally
             w = prev.notional()
             sym.oi_w -= w
             sym.oi_wl -= w * prev.leverage
@@ -135,86 +138,147 @@ class LeverageJump(Detector):
             w = abs(ev.size) * ev.entry_price
             sym.oi_w += w
             sym.oi_wl += w * ev.leverage
+        # the account's total notional after this event, kept as a running sum (O(1));
+        # a fresh row (new or evicted account) starts from the state's positions once
+        cols = self.accounts.cols
+        if cols[N][i] == 0 and cols[TOTAL][i] == 0.0:
+            st = state.accounts.get(acct)
+            total = sum(p.notional() for p in st.positions.values()) if st is not None else 0.0
+        else:
+            total = max(0.0, cols[TOTAL][i] + abs(ev.size) * ev.entry_price - (prev.notional() if prev else 0.0))
+        cols[TOTAL][i] = total
+        self._pending.append((acct, ev.symbol, ev.leverage, prev.leverage if prev is not None else None,
+                              ev.ts, ev.size, ev.margin_mode, total))
+
+    # -- ticks -----------------------------------------------------------------------------
+    def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for item in pending:
+                if item[1] is None:
+                    self._margin(item, out)
+                else:
+                    self._position(item, state, out)
+        cfg = self.config
+        horizon = now - cfg.cohort_window_ms
+        for symbol, s in self._syms.items():
+            if not s.first:
+                s.first = now
+            s.buckets.append((now, s.cur))
+            s.count += s.cur
+            s.cur = 0
+            while s.buckets[0][0] <= horizon:
+                s.count -= s.buckets.popleft()[1]
+            count = s.count
+            z = s.base.observe(float(count), protect_above=cfg.cohort_z, one_sided=True)
+            oi_lev = s.oi_wl / s.oi_w if s.oi_w > 1e-9 else 0.0
+            z_lev = s.lev_base.observe(oi_lev, protect_above=cfg.cohort_z, one_sided=True)
+            warm = now - s.first >= cfg.warmup_ticks * cfg.tick_ms and s.base.ready
+            if not warm or count < cfg.cohort_min or z < cfg.cohort_z:
+                continue
+            severity = "critical" if count >= 3 * cfg.cohort_min else "warning"
+            if not self._latch.fire(symbol, now, z, severity):
+                continue
+            marks = state.marks.get(symbol)
+            oi = marks.open_interest if marks is not None else None
+            out.append(Anomaly.make(
+                "leverage_jump", now, z, severity, symbol=symbol,
+                detail={"scope": "cohort", "accounts_raising": count, "window_ms": cfg.cohort_window_ms,
+                        "z": round(z, 3), "baseline": s.base.snapshot(),
+                        "oi_weighted_leverage": round(oi_lev, 3), "oi_weighted_leverage_z": round(z_lev, 3),
+                        "oi_weighted_leverage_baseline": s.lev_base.snapshot(),
+                        "open_notional": round(s.oi_w, 2), "venue_open_interest": oi,
+                        "latest_raisers": [{"account": a, "from": f, "to": t} for a, f, t in list(s.raisers)[-10:]],
+                        "thresholds": {"cohort_min": cfg.cohort_min, "cohort_z": cfg.cohort_z,
+                                       "cohort_raise": cfg.cohort_raise, "min_leverage": cfg.min_leverage},
+                        "crossed": "accounts raising leverage on this symbol far above its usual count"}))
+        return out
+
+    def _allow(self, i: int, ts: int, score: float) -> bool:
+        """Per-account re-fire rule: quiet for cooldown_ms unless the score doubles."""
+        cols = self.accounts.cols
+        if cols[FIRED_TS][i] and ts - cols[FIRED_TS][i] < self.config.cooldown_ms \
+                and score < 2.0 * cols[FIRED_SCORE][i]:
+            return False
+        cols[FIRED_TS][i], cols[FIRED_SCORE][i] = ts, score
+        return True
+
+    def _position(self, item: tuple, state: MarketState, out: list[Anomaly]) -> None:
+        cfg = self.config
+        acct, symbol, lev, prev_lev, ts, size, margin_mode, notional = item
+        sym = self._syms[symbol]
+        i = self.accounts.get(acct)  # touched at the event; None if evicted since (within this tick)
+        if i is None:
+            if prev_lev is not None and size and lev >= cfg.cohort_raise * max(prev_lev, 1.0) \
+                    and lev >= cfg.min_leverage:
+                sym.cur += 1
+                sym.raisers.append((acct, prev_lev, lev))
+            return
+        n, usual, notional_col, base_n, base_ts = (self.accounts.cols[k] for k in (N, LEV, NOTIONAL, BASE_NOTIONAL,
+                                                                                   BASE_TS))
+        st = state.accounts.get(acct)
         # a raise on this symbol: vs the position it replaces, or (a new one) the account's usual leverage
-        ref = prev.leverage if prev is not None else (rec.lev if rec.n else None)
-        if ref is not None and ev.size and ev.leverage >= cfg.cohort_raise * max(ref, 1.0) \
-                and ev.leverage >= cfg.min_leverage:
+        ref = prev_lev if prev_lev is not None else (usual[i] if n[i] else None)
+        if ref is not None and size and lev >= cfg.cohort_raise * max(ref, 1.0) and lev >= cfg.min_leverage:
             sym.cur += 1
-            sym.raisers.append(acct)
-        if rec.n >= cfg.min_history and ev.size:
+            sym.raisers.append((acct, ref, lev))
+        if n[i] >= cfg.min_history and size:
             reasons = []
-            if ev.leverage >= cfg.min_leverage and ev.leverage >= cfg.lev_ratio * max(rec.lev, 1.0):
+            if lev >= cfg.min_leverage and lev >= cfg.lev_ratio * max(usual[i], 1.0):
                 reasons.append("leverage")
-            in_window = ev.ts - rec.base_ts <= cfg.window_ms
-            base = rec.base_notional if in_window else rec.notional
+            in_window = ts - base_ts[i] <= cfg.window_ms
+            base = base_n[i] if in_window else notional_col[i]
             effective = notional / st.equity if st is not None and st.equity else None
             if base > 0 and notional >= cfg.min_notional and notional >= cfg.notional_ratio * base \
                     and (effective is None or effective >= cfg.min_effective_leverage):
                 reasons.append("notional")
             if reasons:
-                score = max(ev.leverage / max(rec.lev, 1.0), notional / max(base, 1.0))
-                critical = ev.leverage >= cfg.critical_leverage or notional >= cfg.critical_notional
-                if self._cooldown.allow(acct, ev.ts, score):
-                    self._pending.append(Anomaly.make(
-                        "leverage_jump", ev.ts, score, "critical" if critical else "warning",
-                        symbol=ev.symbol, account=acct,
-                        detail={"scope": "account", "reasons": reasons, "leverage": ev.leverage,
+                score = max(lev / max(usual[i], 1.0), notional / max(base, 1.0))
+                critical = lev >= cfg.critical_leverage or notional >= cfg.critical_notional
+                if self._allow(i, ts, score):
+                    out.append(Anomaly.make(
+                        "leverage_jump", ts, score, "critical" if critical else "warning",
+                        symbol=symbol, account=acct,
+                        detail={"scope": "account", "reasons": reasons, "leverage": lev,
                                 "effective_leverage": round(effective, 3) if effective is not None else None,
-                                "usual_leverage": round(rec.lev, 3), "notional": round(notional, 2),
+                                "usual_leverage": round(usual[i], 3), "notional": round(notional, 2),
                                 "notional_before": round(base, 2), "window_ms": cfg.window_ms,
-                                "margin_mode": ev.margin_mode,
+                                "margin_mode": margin_mode, "history": int(n[i]),
                                 "thresholds": {"lev_ratio": cfg.lev_ratio, "min_leverage": cfg.min_leverage,
                                                "notional_ratio": cfg.notional_ratio,
-                                               "min_notional": cfg.min_notional}}))
+                                               "min_notional": cfg.min_notional,
+                                               "min_effective_leverage": cfg.min_effective_leverage},
+                                "crossed": " and ".join(
+                                    {"leverage": "leverage far above the account's usual",
+                                     "notional": "notional far above what it held a window ago"}[r]
+                                    for r in reasons)}))
         # learn: the account's usual leverage, and its notional as of window_ms ago
-        if ev.size:
-            rec.lev = ev.leverage if rec.n == 0 else (1 - cfg.fading) * rec.lev + cfg.fading * ev.leverage
-        if ev.ts - rec.base_ts > cfg.window_ms:
-            rec.base_notional, rec.base_ts = rec.notional, ev.ts
-        rec.notional = notional
-        rec.n += 1
+        if size:
+            usual[i] = lev if n[i] == 0 else (1 - cfg.fading) * usual[i] + cfg.fading * lev
+        if ts - base_ts[i] > cfg.window_ms:
+            base_n[i], base_ts[i] = notional_col[i], ts
+        notional_col[i] = notional
+        n[i] += 1
 
-    def _account(self, ev: Account) -> None:
+    def _margin(self, item: tuple, out: list[Anomaly]) -> None:
         cfg = self.config
-        if ev.maintenance_margin is None:
-            return
-        acct = str(ev.account)
-        rec = self._acct(acct)
-        mr = ev.maintenance_margin / ev.equity if ev.equity > 0 else float("inf")
-        if mr >= cfg.margin_ratio_warn and rec.mr_ts and ev.ts - rec.mr_ts <= cfg.window_ms \
-                and mr - rec.mr >= cfg.margin_ratio_rise and self._cooldown.allow(("mr", acct), ev.ts, mr):
-            self._pending.append(Anomaly.make(
-                "leverage_jump", ev.ts, min(mr, 1e6), "critical" if mr >= 0.95 else "warning", account=acct,
-                detail={"scope": "account", "reasons": ["margin_ratio"], "margin_ratio": round(min(mr, 1e6), 4),
-                        "margin_ratio_before": round(rec.mr, 4), "equity": ev.equity,
-                        "maintenance_margin": ev.maintenance_margin, "window_ms": cfg.window_ms}))
-        if ev.ts - rec.mr_ts > cfg.window_ms or mr < rec.mr:
-            rec.mr, rec.mr_ts = mr, ev.ts
-
-    def flush(self, state: MarketState) -> list[Anomaly]:
-        out, self._pending = self._pending, []
-        return out
-
-    def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
-        out = self.flush(state)
-        cfg = self.config
-        for symbol, s in self._syms.items():
-            s.buckets.append(s.cur)
-            s.cur = 0
-            count = sum(s.buckets)
-            z = s.base.observe(float(count), protect_above=cfg.cohort_z)
-            oi_lev = s.oi_wl / s.oi_w if s.oi_w > 0 else 0.0
-            s.lev_base.observe(oi_lev, protect_above=cfg.cohort_z)
-            if not s.base.ready or count < cfg.cohort_min or z < cfg.cohort_z:
-                continue
-            if not self._cooldown.allow(("cohort", symbol), now, float(count)):
-                continue
+        acct, _, equity, mm, ts = item
+        i = self.accounts.get(acct)
+        if i is None:
+            return  # evicted since the event (more than max_accounts accounts within one tick)
+        cols = self.accounts.cols
+        mr = mm / equity if equity > 0 else float("inf")
+        prev, prev_ts = cols[MR][i], cols[MR_TS][i]
+        if mr >= cfg.margin_ratio_warn and prev_ts and ts - prev_ts <= cfg.window_ms \
+                and mr - prev >= cfg.margin_ratio_rise and self._allow(i, ts, min(mr, 1e6)):
             out.append(Anomaly.make(
-                "leverage_jump", now, z, "critical" if count >= 3 * cfg.cohort_min else "warning", symbol=symbol,
-                detail={"scope": "cohort", "accounts_raising": count, "window_ms": cfg.cohort_window_ms,
-                        "z": round(z, 3), "baseline": s.base.snapshot(),
-                        "oi_weighted_leverage": round(oi_lev, 3), "oi_weighted_leverage_baseline": s.lev_base.snapshot(),
-                        "open_notional": round(s.oi_w, 2), "latest_raisers": list(s.raisers)[-10:],
-                        "thresholds": {"cohort_min": cfg.cohort_min, "cohort_z": cfg.cohort_z,
-                                       "cohort_raise": cfg.cohort_raise}}))
-        return out
+                "leverage_jump", ts, min(mr, 1e6), "critical" if mr >= 0.95 else "warning", account=acct,
+                detail={"scope": "account", "reasons": ["margin_ratio"], "margin_ratio": round(min(mr, 1e6), 4),
+                        "margin_ratio_before": round(prev, 4), "equity": equity,
+                        "maintenance_margin": mm, "window_ms": cfg.window_ms,
+                        "thresholds": {"margin_ratio_warn": cfg.margin_ratio_warn,
+                                       "margin_ratio_rise": cfg.margin_ratio_rise},
+                        "crossed": "maintenance margin eating the account's equity fast"}))
+        if ts - prev_ts > cfg.window_ms or mr < prev:
+            cols[MR][i], cols[MR_TS][i] = mr, ts

@@ -37,6 +37,9 @@ class AccountRows:
     def __len__(self) -> int:
         return len(self.slots)
 
+    def __contains__(self, account: object) -> bool:
+        return account in self.slots
+
     def get(self, account: str) -> int | None:
         """The account's slot without touching it (None if unknown)."""
         return self.slots.get(account)
