@@ -25,6 +25,7 @@ from alerts.notify.slack import SlackNotifier
 from alerts.notify.webhook import WebhookNotifier
 from alerts.outbox import Outbox
 from alerts.route import RouteState, decide, matches
+from alerts.silence import POLL_S, SilenceTable, muted
 from monitor.config import Config, ReceiverConfig, receiver_url, resolve_secret
 from monitor.events import Anomaly
 from monitor.state import MarketState
@@ -71,6 +72,10 @@ class AlertEngine:
         self.outbox = Outbox(cfg.store.path)
         self.incidents = IncidentTable(cfg.store.path)
         self.store = Store(cfg.store.path)
+        self.silence_table = SilenceTable(cfg.store.path)
+        self.silences = self.silence_table.all()
+        self._silences_read = time.monotonic()
+        self.muted = 0
         self._route_state: dict[tuple[int, str], RouteState] = {}
         self._next_send: dict[str, float] = {}
         self._rng = rng or random.Random()
@@ -111,6 +116,7 @@ class AlertEngine:
         for n in self.notifiers.values():
             await n.aclose()
         self.outbox.close()
+        self.silence_table.close()
         self.incidents.close()
         self.store.close()
 
@@ -118,8 +124,14 @@ class AlertEngine:
     async def _route(self, now: float) -> None:
         batch: list[tuple[str, str, bytes]] = []
         live = set()
+        if time.monotonic() - self._silences_read >= POLL_S:
+            self.silences = await asyncio.to_thread(self.silence_table.all)
+            self._silences_read = time.monotonic()
         for inc in list(self.correlator.open.values()):
             live.add(inc.id)
+            if muted(inc.anomalies, self.silences, now):
+                self.muted += 1
+                continue
             body = None
             for i, route in enumerate(self.routes):
                 if not matches(route, inc.severity, inc.kinds, inc.symbols):

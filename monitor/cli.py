@@ -238,6 +238,62 @@ def incident(
     console.print(t)
 
 
+silence_app = typer.Typer(help="Mute notifications matching a symbol, kind or account for a while.",
+                          no_args_is_help=True)
+app.add_typer(silence_app, name="silence")
+
+
+def _silences(config: Path):
+    from alerts.silence import SilenceTable
+
+    cfg = load_config(config)
+    Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
+    return SilenceTable(cfg.store.path)
+
+
+@silence_app.command("add")
+def silence_add(
+    config: Path = ConfigOpt,
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Symbol glob, e.g. 'DOGE-*'."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Anomaly kind, e.g. cancel_burst."),
+    account: Optional[str] = typer.Option(None, "--account", help="Account glob."),
+    duration: str = typer.Option(..., "--for", help="How long, e.g. 30m, 2h."),
+    comment: str = typer.Option("", "--comment", help="Why (shown in `silence list`)."),
+) -> None:
+    """Add a silence; the running daemon honours it within seconds."""
+    seconds = parse_duration("--for", duration)
+    try:
+        s = _silences(config).add(symbol=symbol, kind=kind, account=account, seconds=seconds, comment=comment)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    print(s.id)
+
+
+@silence_app.command("list")
+def silence_list(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json"),
+                 expired: bool = typer.Option(False, "--expired", help="Include expired silences.")) -> None:
+    """Active silences (and expired ones with --expired)."""
+    rows = [msgspec.structs.asdict(s) for s in _silences(config).all(include_expired=expired)]
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    t = Table(title=f"{len(rows)} silences")
+    for col in ("id", "symbol", "kind", "account", "until (UTC)", "comment"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["id"], r["symbol"] or "*", r["kind"] or "*", r["account"] or "*",
+                  fmt_ts(int(r["ends_at"] * 1000)), r["comment"])
+    Console().print(t)
+
+
+@silence_app.command("expire")
+def silence_expire(silence_id: str = typer.Argument(...), config: Path = ConfigOpt) -> None:
+    """End a silence now."""
+    if not _silences(config).expire(silence_id):
+        raise fail(f"no active silence {silence_id!r}", 1)
+    print(f"expired {silence_id}")
+
+
 @app.command()
 def demo(
     duration: float = typer.Option(120.0, "--duration", help="Seconds of wall time to run."),

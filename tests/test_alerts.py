@@ -143,3 +143,18 @@ def test_slack_blocks_are_valid_block_kit():
     for p in parsed:
         p.validate_json()
     assert "cascade_risk" in msg["text"] and msg["attachments"][0]["color"] == "#D00000"
+
+
+def test_silences_match_and_mute_only_fully_covered_incidents(tmp_path):
+    """A silence mutes an incident only when it covers every anomaly; expiry ends it."""
+    from alerts.silence import SilenceTable, muted
+
+    table = SilenceTable(tmp_path / "pw.db")
+    s = table.add(symbol="DOGE-*", kind="cancel_burst", account=None, seconds=3600, comment="mm test", now=1000.0)
+    silences = table.all(now=1001.0)
+    doge = anomaly("cancel_burst", 0, "DOGE-PERP")
+    assert muted([doge], silences, 1001.0)
+    assert not muted([doge, anomaly("feed_gap", 0, "DOGE-PERP")], silences, 1001.0)
+    assert not muted([anomaly("cancel_burst", 0, "BTC-PERP")], silences, 1001.0)
+    assert not muted([doge], silences, 5000.0)  # past its end
+    assert table.expire(s.id, now=1002.0) and table.all(now=1003.0) == []

@@ -106,3 +106,26 @@ def test_pending_notifications_survive_sigkill(tmp_path):
                 code, _, err = stop_daemon(proc)
     assert code == 0, err
     assert hook2.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
+
+
+def test_silence_from_cli_mutes_the_running_daemon(tmp_path):
+    """`perpwatch silence add` mutes matching incidents; others still arrive."""
+    with Collector() as hook, ThreadedFeed(lambda: []) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
+        r = perpwatch("silence", "add", "--config", str(cfg), "--symbol", "BTC-*", "--kind", "feed_gap",
+                      "--for", "1h", "--comment", "venue maintenance")
+        assert r.returncode == 0, r.stderr
+        sid = r.stdout.strip()
+        listed = json.loads(perpwatch("silence", "list", "--config", str(cfg), "--json").stdout)
+        assert [s["id"] for s in listed] == [sid] and listed[0]["comment"] == "venue maintenance"
+    with Collector() as hook, ThreadedFeed(gap_frames(("BTC-PERP", "ETH-PERP"))) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: hook.requests, "the unsilenced incident")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert {s for p in hook.payloads() for s in p["symbols"]} == {"ETH-PERP"}
+    assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 0
+    assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 1

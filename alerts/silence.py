@@ -1,0 +1,103 @@
+"""Silences: stored mutes with matchers and an expiry, set from the CLI, honoured by the
+running daemon within seconds (it re-reads the table every ``POLL_S``).
+
+A silence matches an anomaly when every matcher it sets matches (symbol and account are
+globs, kind is exact). An incident is muted for delivery when every anomaly in it is
+matched by some active silence: one unsilenced anomaly is enough to speak.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from monitor.events import Anomaly
+
+POLL_S = 2.0
+DDL = """
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    symbol TEXT,
+    kind TEXT,
+    account TEXT,
+    starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+"""
+
+
+class Silence(msgspec.Struct, frozen=True):
+    id: str
+    symbol: str | None
+    kind: str | None
+    account: str | None
+    starts_at: float
+    ends_at: float
+    comment: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def matches(self, a: Anomaly) -> bool:
+        if self.kind is not None and a.kind != self.kind:
+            return False
+        if self.symbol is not None and not fnmatchcase(a.symbol or "", self.symbol):
+            return False
+        if self.account is not None and not fnmatchcase(a.account or "", self.account):
+            return False
+        return True
+
+
+def muted(anomalies: list[Anomaly], silences: list[Silence], now: float) -> bool:
+    """True when every anomaly is matched by an active silence (and there is one)."""
+    live = [s for s in silences if s.active(now)]
+    return bool(live) and bool(anomalies) and all(any(s.matches(a) for s in live) for a in anomalies)
+
+
+class SilenceTable:
+    def __init__(self, path: str | Path) -> None:
+        self.db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(DDL)
+        self._lock = threading.Lock()
+
+    def add(self, *, symbol: str | None, kind: str | None, account: str | None, seconds: float,
+            comment: str, now: float | None = None) -> Silence:
+        if symbol is None and kind is None and account is None:
+            raise ValueError("a silence needs at least one of --symbol, --kind, --account")
+        now = time.time() if now is None else now
+        s = Silence(uuid.uuid4().hex[:12], symbol, kind, account, now, now + seconds, comment)
+        with self._lock:
+            self.db.execute("INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (s.id, s.symbol, s.kind, s.account, s.starts_at, s.ends_at, s.comment, now))
+        return s
+
+    def expire(self, silence_id: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._lock:
+            return self.db.execute("UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?",
+                                   (now, silence_id, now)).rowcount == 1
+
+    def all(self, include_expired: bool = False, now: float | None = None) -> list[Silence]:
+        now = time.time() if now is None else now
+        sql = "SELECT id, symbol, kind, account, starts_at, ends_at, comment FROM silences"
+        args: tuple[Any, ...] = ()
+        if not include_expired:
+            sql += " WHERE ends_at > ?"
+            args = (now,)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY starts_at", args).fetchall()
+        return [Silence(*r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
