@@ -14,17 +14,21 @@ burst needs ``z_cancel`` (cancelled notional) >= ``z_threshold`` AND ``z_ratio``
 (cancelled / traded notional) >= ``ratio_z_threshold``, plus ``min_notional`` and (L3)
 ``min_cancels``. A benign surge where trades, orders and cancels rise together (~3x)
 moves the first z but not the second, so it stays silent. Count and near-touch z are
-reported. A shallow river ``HalfSpaceTrees`` on min-max-scaled features learns one window
-in each ``window_ms`` (non-overlapping samples) and scores only candidate ticks: a second
-opinion in ``detail``, never a decision.
+reported. The second opinion is one shallow river ``HalfSpaceTrees`` shared by all
+symbols, on the four per-symbol z-scores squashed into [0, 1] (so one model serves
+symbols of any size, built once: building trees costs milliseconds). It learns one
+non-overlapping window per symbol per ``window_ms`` and scores only candidate ticks: it
+is reported in ``detail`` and never decides.
 
 Per account (L3 only) — the account's cancelled notional in the window against its own
 normal: an exponentially decayed sum with time constant ``account_memory_ms`` in a compact
-LRU table (three doubles per account, at most ``max_accounts``). An account fires when it
-cancels >= ``account_min_cancels`` orders and >= ``account_min_notional`` in the window,
->= ``account_x`` times its normal (an account with no history has none), and cancels
->= ``account_fill_ratio`` x what it filled. A symbol anomaly already naming the account at
-that tick takes its place.
+LRU table (three doubles per account, at most ``max_accounts``), folded in every
+``FOLD_MS`` of event time (what is not folded yet is added at scoring). An account fires
+when it cancels >= ``account_min_cancels`` orders and >= ``account_min_notional`` in the
+window, >= ``account_x`` times its normal (an account with no history has none), and
+cancels >= ``account_fill_ratio`` x what it filled. Only accounts with enough cancels in
+the window are looked at. A symbol anomaly already naming the account at that tick takes
+its place.
 
 Severity: symbol (L3) warning; critical when both z reach ``z_critical`` or the notional
 cancelled near the touch in the window exceeds what rests there now. L2-inferred cancels
@@ -51,7 +55,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from river import anomaly, compose, preprocessing
+from river import anomaly
 
 from detectors.base import Detector, DetectorConfig
 from detectors.baseline import Baseline
@@ -63,12 +67,11 @@ from monitor.state import MarketState
 # indices into a tick bucket
 CANCELS, CANCEL_N, NEWS, NEW_N, TRADES, TRADE_N, NEAR_N = range(7)
 NFEAT = 7
-# indices into an account's per-bucket / per-window list
-A_CANCEL_N, A_CANCELS, A_NEAR_N, A_FILL_N, A_EVENTS = range(5)
-# per-account rows
-R_FIRST, R_LAST, R_SUM = range(3)
+# indices into an account's per-bucket list (the first three) and its window sums (all four)
+A_CANCEL_N, A_CANCELS, A_NEAR_N, A_FILL_N = range(4)
 MAX_ACCOUNTS_PER_BUCKET = 10_000
-HST_WINDOW = 40  # HalfSpaceTrees reference window, in learned (non-overlapping) windows
+HST_WINDOW = 64  # HalfSpaceTrees reference window, in learned windows (all symbols together)
+FOLD_MS = 5_000  # account normals take in what accounts cancelled this often (event time)
 
 
 class CancelBurstConfig(DetectorConfig, kw_only=True):
@@ -97,26 +100,23 @@ class CancelBurstConfig(DetectorConfig, kw_only=True):
 
 
 class _Sym:
-    __slots__ = ("cur", "accts", "traded_cur", "traded_prev", "buckets", "w", "acct_w", "l3", "first",
-                 "base_c", "base_r", "base_n", "base_near", "model", "model_ts", "model_n", "unreliable_ticks")
+    __slots__ = ("cur", "accts", "fills", "traded_cur", "traded_prev", "buckets", "w", "acct_n", "l3", "first",
+                 "base_c", "base_r", "base_n", "base_near", "model_ts", "unreliable_ticks")
 
     def __init__(self, cfg: CancelBurstConfig) -> None:
         self.cur = [0.0] * NFEAT
-        self.accts: dict[str, list[float]] = {}
+        self.accts: dict[str, list[float]] = {}  # this tick: account -> [cancelled, cancels, near touch]
+        self.fills: dict[str, float] = {}  # this tick: account -> filled notional
         self.traded_cur: dict[float, float] = {}  # L2: size traded per price this tick
         self.traded_prev: dict[float, float] = {}  # ... and not yet matched from the last tick
-        self.buckets: deque[tuple[int, list[float], dict[str, list[float]]]] = deque()
+        self.buckets: deque[tuple[int, list[float], dict[str, list[float]], dict[str, float]]] = deque()
         self.w = [0.0] * NFEAT  # running window sums
-        self.acct_w: dict[str, list[float]] = {}  # running per-account window sums
+        self.acct_n: dict[str, int] = {}  # running per-account cancel counts in the window
         self.l3 = False
         self.first = 0  # first tick seen
         mk = lambda: Baseline(cfg.fading, cfg.warmup_ticks, 0.25, cfg.readmit_ticks)  # noqa: E731
         self.base_c, self.base_r, self.base_n, self.base_near = mk(), mk(), mk(), mk()
-        self.model = (compose.Pipeline(preprocessing.MinMaxScaler(),
-                                       anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=HST_WINDOW, seed=7))
-                      if cfg.hst else None)
         self.model_ts = 0
-        self.model_n = 0  # windows learned
         self.unreliable_ticks = 0
 
 
@@ -136,12 +136,17 @@ class CancelBurst(Detector):
         self._syms: dict[str, _Sym] = {}
         self._latch = Latch(cfg.rearm_ms, cfg.escalation)
         self.accounts = AccountRows(("first", "last", "sum"), cfg.max_accounts)
+        self._unfolded: dict[str, float] = {}  # cancelled notional per account since the last fold
+        self._folded_at = 0
         self._near = cfg.near_bps / 1e4
+        self.model = anomaly.HalfSpaceTrees(n_trees=10, height=6, window_size=HST_WINDOW, seed=7) if cfg.hst else None
+        self.model_n = 0  # windows learned
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Per-key maps and their caps (the check suite verifies them)."""
         return {"accounts": (len(self.accounts), self.accounts.cap),
-                "latch": (len(self._latch), self._latch.max_keys)}
+                "latch": (len(self._latch), self._latch.max_keys),
+                "unfolded": (len(self._unfolded), self.accounts.cap)}
 
     # -- events: O(1), counters only ---------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
@@ -178,28 +183,26 @@ class CancelBurst(Detector):
             if a is None:
                 if len(s.accts) >= MAX_ACCOUNTS_PER_BUCKET:
                     return
-                a = s.accts[ev.account] = [0.0, 0.0, 0.0, 0.0, 0.0]
-            a[A_CANCEL_N] += n
-            a[A_CANCELS] += 1
-            a[A_NEAR_N] += near
-            a[A_EVENTS] += 1
+                s.accts[ev.account] = [n, 1, near]
+            else:
+                a[A_CANCEL_N] += n
+                a[A_CANCELS] += 1
+                a[A_NEAR_N] += near
         elif action == "new":
             cur[NEWS] += 1
             cur[NEW_N] += ev.price * ev.size
         elif action == "fill":
-            a = s.accts.get(ev.account)
-            if a is None:
-                if len(s.accts) >= MAX_ACCOUNTS_PER_BUCKET:
-                    return
-                a = s.accts[ev.account] = [0.0, 0.0, 0.0, 0.0, 0.0]
-            a[A_FILL_N] += ev.price * ev.size
-            a[A_EVENTS] += 1
+            fills = s.fills
+            if len(fills) < MAX_ACCOUNTS_PER_BUCKET or ev.account in fills:
+                fills[ev.account] = fills.get(ev.account, 0.0) + ev.price * ev.size
 
     # -- ticks -------------------------------------------------------------------------
     def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
         out: list[Anomaly] = []
         for symbol, s in self._syms.items():
             self._tick_symbol(symbol, s, now, state, out)
+        if now - self._folded_at >= FOLD_MS:
+            self._fold(now)
         return out
 
     def _tick_symbol(self, symbol: str, s: _Sym, now: int, state: MarketState, out: list[Anomaly]) -> None:
@@ -213,31 +216,32 @@ class CancelBurst(Detector):
                 self._infer_l2(s, book, cur)
         # slide the window: this tick's bucket in, expired ones out
         bucket_accts = s.accts
-        s.buckets.append((now, cur, bucket_accts))
-        w, acct_w = s.w, s.acct_w
+        s.buckets.append((now, cur, bucket_accts, s.fills))
+        w, acct_n = s.w, s.acct_n
         for i in range(NFEAT):
             w[i] += cur[i]
-        for acct, a in bucket_accts.items():
-            t = acct_w.get(acct)
-            if t is None:
-                acct_w[acct] = a[:]
-            else:
-                for i in range(5):
-                    t[i] += a[i]
+        if bucket_accts:
+            unfolded = self._unfolded
+            for acct, a in bucket_accts.items():
+                acct_n[acct] = acct_n.get(acct, 0) + a[A_CANCELS]
+                unfolded[acct] = unfolded.get(acct, 0.0) + a[A_CANCEL_N]
+            if len(unfolded) > self.accounts.cap:
+                self._fold(now)  # early: the unfolded map obeys the cap too
         horizon = now - cfg.window_ms
         buckets = s.buckets
         while buckets[0][0] <= horizon:
-            _, old, old_accts = buckets.popleft()
+            _, old, old_accts, _ = buckets.popleft()
             for i in range(NFEAT):
                 w[i] -= old[i]
             for acct, a in old_accts.items():
-                t = acct_w[acct]
-                for i in range(5):
-                    t[i] -= a[i]
-                if t[A_EVENTS] <= 0.5:
-                    del acct_w[acct]
+                left = acct_n[acct] - a[A_CANCELS]
+                if left:
+                    acct_n[acct] = left
+                else:
+                    del acct_n[acct]
         s.cur = [0.0] * NFEAT
         s.accts = {}
+        s.fills = {}
         if not s.first:
             s.first = now
         if now - s.first < cfg.window_ms:
@@ -259,14 +263,12 @@ class CancelBurst(Detector):
         warm = s.base_c.ready and s.base_r.ready
         candidate = (warm and z_c >= cfg.z_threshold and z_r >= cfg.ratio_z_threshold
                      and w[CANCEL_N] >= cfg.min_notional and (not s.l3 or w[CANCELS] >= cfg.min_cancels))
-        hst = self._second_opinion(s, w, now, candidate)
+        hst = self._second_opinion(s, (z_c, z_r, z_n, z_near), now, candidate)
         named: str | None = None
         if candidate:
             named = self._symbol_anomaly(symbol, s, now, book, w, (z_c, z_r, z_n, z_near), hst, out)
         if s.l3 and warm and bucket_accts:
             self._accounts(symbol, s, now, book, bucket_accts, named, out)
-        elif bucket_accts:
-            self._learn_accounts(now, bucket_accts)
 
     def _infer_l2(self, s: _Sym, book, cur: list[float]) -> None:
         at = book.pulled_at
@@ -295,20 +297,22 @@ class CancelBurst(Detector):
         s.traded_prev = tc  # unmatched trades get one more tick, then are dropped
         s.traded_cur = {}
 
-    def _second_opinion(self, s: _Sym, w: list[float], now: int, candidate: bool) -> float | None:
-        if s.model is None:
+    def _second_opinion(self, s: _Sym, zs: tuple[float, ...], now: int, candidate: bool) -> float | None:
+        model = self.model
+        if model is None:
             return None
         learn = now - s.model_ts >= self.config.window_ms
         if not (candidate or learn):
             return None
-        x = {"cancel": math.log1p(w[CANCEL_N]), "trade": math.log1p(w[TRADE_N]),
-             "new": math.log1p(w[NEW_N]), "near": math.log1p(w[NEAR_N])}
+        # the per-symbol z-scores squashed into [0, 1]: one model for symbols of any size
+        x = {k: 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)) / 2.0))
+             for k, z in zip(("cancel", "ratio", "count", "near"), zs)}
         # score before learn; None until the trees hold a full reference window
-        score = round(s.model.score_one(x), 4) if candidate and s.model_n >= HST_WINDOW else None
+        score = round(model.score_one(x), 4) if candidate and self.model_n >= HST_WINDOW else None
         if learn and not candidate:
-            s.model.learn_one(x)
+            model.learn_one(x)
             s.model_ts = now
-            s.model_n += 1
+            self.model_n += 1
         return score
 
     def _symbol_anomaly(self, symbol, s, now, book, w, zs, hst, out) -> str | None:
@@ -322,9 +326,10 @@ class CancelBurst(Detector):
             severity = "critical" if critical else "warning"
         else:
             severity = "warning" if critical else "info"
-        top = sorted(s.acct_w.items(), key=lambda kv: (-kv[1][A_CANCEL_N], str(kv[0])))[: cfg.top_accounts]
+        sums = self._window_sums(s, s.acct_n)
+        top = sorted(sums.items(), key=lambda kv: (-kv[1][A_CANCEL_N], str(kv[0])))[: cfg.top_accounts]
         cancel_n = w[CANCEL_N] or 1.0
-        top_accounts = [{"account": str(a), "cancels": int(round(v[A_CANCELS])),
+        top_accounts = [{"account": str(a), "cancels": int(v[A_CANCELS]),
                          "cancelled_notional": round(v[A_CANCEL_N], 2), "share": round(v[A_CANCEL_N] / cancel_n, 4),
                          "filled_notional": round(v[A_FILL_N], 2)} for a, v in top if v[A_CANCEL_N] > 0]
         named = top_accounts[0]["account"] if top_accounts and top_accounts[0]["share"] >= cfg.account_share else None
@@ -360,55 +365,67 @@ class CancelBurst(Detector):
         }))
         return named
 
-    def _learn_accounts(self, now: int, bucket_accts: dict[str, list[float]]) -> None:
+    @staticmethod
+    def _window_sums(s: _Sym, accounts) -> dict[str, list[float]]:
+        """[cancelled, cancels, near touch, filled] over the window, for these accounts."""
+        out = {a: [0.0, 0, 0.0, 0.0] for a in accounts}
+        for _, _, accts, fills in s.buckets:
+            for a, v in accts.items():
+                t = out.get(a)
+                if t is not None:
+                    t[A_CANCEL_N] += v[A_CANCEL_N]
+                    t[A_CANCELS] += v[A_CANCELS]
+                    t[A_NEAR_N] += v[A_NEAR_N]
+            for a, f in fills.items():
+                t = out.get(a)
+                if t is not None:
+                    t[A_FILL_N] += f
+        return out
+
+    def _fold(self, now: int) -> None:
+        """Take what accounts cancelled since the last fold into their normals."""
+        self._folded_at = now
+        if not self._unfolded:
+            return
+        unfolded, self._unfolded = self._unfolded, {}
         rows, tau = self.accounts, self.config.account_memory_ms
         first, last, total = rows.cols
-        for acct, a in bucket_accts.items():
-            if a[A_CANCEL_N] <= 0:
-                continue
+        for acct, n in unfolded.items():
             i = rows.touch(acct)
             if not first[i]:
                 first[i] = now
             else:
                 total[i] *= math.exp(-(now - last[i]) / tau)
-            total[i] += a[A_CANCEL_N]
+            total[i] += n
             last[i] = now
 
     def _accounts(self, symbol, s, now, book, bucket_accts, named, out) -> None:
         cfg = self.config
+        acct_n = s.acct_n
+        candidates = [a for a in bucket_accts if acct_n.get(a, 0) >= cfg.account_min_cancels and a != named]
+        if not candidates:
+            return
         rows, tau = self.accounts, cfg.account_memory_ms
         first, last, total = rows.cols
-        acct_w = s.acct_w
+        sums = self._window_sums(s, candidates)
         depth_near = None
-        for acct, a in bucket_accts.items():
-            if a[A_CANCEL_N] <= 0:
+        for acct in candidates:
+            wa = sums[acct]
+            cn = wa[A_CANCEL_N]
+            if cn < cfg.account_min_notional or cn < cfg.account_fill_ratio * wa[A_FILL_N]:
                 continue
-            i = rows.touch(acct)
-            new = not first[i]
-            if new:
-                first[i] = now
-            else:
-                total[i] *= math.exp(-(now - last[i]) / tau)
-            wa = acct_w[acct]
-            # the account's normal, excluding this window (score before learn)
+            # the account's normal: folded history decayed to now, plus what is not folded yet,
+            # minus this window (score before learn)
             normal = None
-            if not new:
+            i = rows.get(acct)
+            if i is not None:
                 age = now - first[i]
                 span = tau * (1 - math.exp(-age / tau))
-                before = max(0.0, total[i] - (wa[A_CANCEL_N] - a[A_CANCEL_N]))
                 if span > cfg.window_ms:
-                    normal = before / span * cfg.window_ms
-            total[i] += a[A_CANCEL_N]
-            last[i] = now
-            cn = wa[A_CANCEL_N]
-            if wa[A_CANCELS] < cfg.account_min_cancels or cn < cfg.account_min_notional:
-                continue
+                    seen = total[i] * math.exp(-(now - last[i]) / tau) + self._unfolded.get(acct, 0.0)
+                    normal = max(0.0, seen - cn) / span * cfg.window_ms
             if normal is not None and cn < cfg.account_x * normal:
                 continue
-            if cn < cfg.account_fill_ratio * wa[A_FILL_N]:
-                continue
-            if acct == named:
-                continue  # the symbol anomaly already names it
             if depth_near is None:
                 depth_near = sum(book.depth_within_bps(cfg.near_bps)) if book is not None else 0.0
             ratio = cn / normal if normal else None
