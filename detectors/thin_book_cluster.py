@@ -62,6 +62,19 @@ from monitor.state.liquidation import (
 )
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
+# An account's contribution to one (symbol, side, bucket) packed into one int — an account
+# holding one position costs one int in the map, not a tuple of tuples (~100 B less each).
+# Buckets are signed (prices below 1 have negative log buckets), so they are offset.
+_OFFSET = 1 << 39
+_MASK = (1 << 40) - 1
+
+
+def _pack(sid: int, short: bool, k: int) -> int:
+    return (((sid << 1) | short) << 40) | (k + _OFFSET)
+
+
+def _unpack(code: int) -> tuple[int, bool, int]:
+    return code >> 41, bool((code >> 40) & 1), (code & _MASK) - _OFFSET
 
 
 class ThinBookClusterConfig(DetectorConfig, kw_only=True):
@@ -143,8 +156,10 @@ class ThinBookCluster(Detector):
         self._tiers: dict[str, Tiers] = {s: parse_tiers(r) for s, r in cfg.tiers.items()}
         self._default_tiers = parse_tiers(cfg.default_tiers)
         self._syms: dict[str, _Sym] = {}
-        # account -> ((symbol, bucket key), ...); bucket key < 0 encodes a short: ~bucket
-        self._contrib: OrderedDict[str, tuple] = OrderedDict()
+        self._sym_names: list[str] = []  # symbol id -> name, for packed contributions
+        self._sym_ids: dict[str, int] = {}
+        # account -> packed contribution, or a tuple of them (several positions); LRU order
+        self._contrib: OrderedDict[str, int | tuple[int, ...]] = OrderedDict()
         self._dirty: dict[str, None] = {}
         self._marked: set[str] = set()
         self._latch = Latch(cfg.rearm_ms, cfg.escalation)
@@ -203,29 +218,33 @@ class ThinBookCluster(Detector):
         contrib = []
         for symbol, liq, notional, _venue in self.liquidations(acct, state, count=True):
             s = self._syms[symbol]
+            sid = self._sym_ids.get(symbol)
+            if sid is None:
+                sid = self._sym_ids[symbol] = len(self._sym_names)
+                self._sym_names.append(symbol)
             k = math.floor(math.log(liq) / self._lb)
-            if notional > 0:  # long: forced sell
-                side, key = s.long, k
-            else:
-                side, key, notional = s.short, ~k, -notional
+            short = notional < 0  # a long is a forced sell, a short a forced buy
+            side = s.short if short else s.long
+            notional = abs(notional)
             side.hist[k] = side.hist.get(k, 0.0) + notional
             m = side.members.get(k)
             if m is None:
                 m = side.members[k] = {}
             m[acct] = m.get(acct, 0.0) + notional
             s.changed = True
-            contrib.append((symbol, key))
+            contrib.append(_pack(sid, short, k))
         if contrib:
-            self._contrib[acct] = tuple(contrib)
+            self._contrib[acct] = contrib[0] if len(contrib) == 1 else tuple(contrib)
             if len(self._contrib) > self.config.max_accounts:
                 gone, items = self._contrib.popitem(last=False)
                 self._remove(gone, items)
                 self.evicted += 1
 
-    def _remove(self, acct: str, items: tuple) -> None:
-        for symbol, key in items:
-            s = self._syms[symbol]
-            side, k = (s.long, key) if key >= 0 else (s.short, ~key)
+    def _remove(self, acct: str, items: int | tuple[int, ...]) -> None:
+        for code in (items,) if type(items) is int else items:
+            sid, short, k = _unpack(code)
+            s = self._syms[self._sym_names[sid]]
+            side = s.short if short else s.long
             m = side.members.get(k)
             if m is None:
                 continue

@@ -189,3 +189,26 @@ def test_checkpoint_resumes_with_identical_output():
 def test_heartbeat_only_is_silent():
     """Event time moving with nothing else: no anomaly, no error."""
     assert run([Heartbeat(ts=T0 + i * 1000) for i in range(300)])[0] == []
+
+
+def test_sub_unit_prices_keep_longs_and_shorts_apart():
+    """Below a price of 1 buckets are negative; longs and shorts still land and leave on their own sides."""
+    st, d = MarketState(), ThinBookCluster(ThinBookClusterConfig(include_funding=False))
+    events = [Mark(symbol="XRP-PERP", ts=T0, mark=0.6, index=0.6)]
+    for i in range(20):
+        events.append(Position(account=f"x{i}", symbol="XRP-PERP", ts=T0, size=(-1) ** i * 10_000.0,
+                               entry_price=0.6, leverage=20.0, margin_mode="isolated"))
+    for e in events:
+        st.apply(e)
+        if type(e) in d.consumes:
+            d.on_event(e, st)
+    d.on_tick(T0 + 250, st)
+    s = d._syms["XRP-PERP"]
+    assert all(k < 0 for k in s.long.hist) and len(s.long.members[next(iter(s.long.members))]) == 10
+    assert sum(s.long.hist.values()) == pytest.approx(10 * 10_000 * 0.6 * (1 - 0.05 + 0.004), rel=0.01)
+    for i in range(20):  # everyone closes: both sides empty again
+        e = Position(account=f"x{i}", symbol="XRP-PERP", ts=T0 + 300, size=0.0, entry_price=0.6, leverage=20.0)
+        st.apply(e)
+        d.on_event(e, st)
+    d.on_tick(T0 + 500, st)
+    assert s.long.hist == {} and s.short.hist == {} and len(d._contrib) == 0
