@@ -121,6 +121,12 @@ def test_isolated_liquidation_price_is_the_first_crossing(q, entry, lev, long, f
             assert _isolated_margin_gap(size, entry, lev, fee, x) > -tol, x
 
 
+def test_short_just_past_a_bracket_cap_is_liquidatable_at_the_cap():
+    """Short 306 @ 16340, 21x: 5.00004M is in the 5% bracket (margin 4.76%): liquidatable at the 5M boundary."""
+    p = liquidation_price(-306.0, 16340.0, 21.0, fee=0.0)
+    assert p == pytest.approx(5_000_000.0 / 306.0)
+
+
 def test_short_is_liquidated_at_a_bracket_boundary():
     """Short 288 @ 15253, 6x: 2.5% at the liquidation price is not enough yet, 5% past 5M notional is."""
     p = liquidation_price(-288.0, 15253.0, 6.0, fee=0.0)

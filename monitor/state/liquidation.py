@@ -118,8 +118,10 @@ def liquidation_price(size: float, entry: float, leverage: float, *, tiers: Tier
         price = _solve(False, q, entry, leverage, tiers[i][1], fee, funding, cross_equity, mark, other_mm)
         if price is None:
             return None
-        if i > b and q * price <= tiers[i - 1][0]:
-            return tiers[i - 1][0] / q  # the requirement's jump at the boundary liquidates it
+        if i > 0 and q * price <= tiers[i - 1][0]:
+            # below this bracket: the requirement's jump at its lower boundary liquidates it
+            # (for the starting bracket: liquidatable at the reference price already)
+            return tiers[i - 1][0] / q
         if q * price <= tiers[i][0]:
             return price
     return price
