@@ -292,17 +292,30 @@ class Market:
         if self.bootstrap:  # the first positions of every account, over the first seconds
             n += min(len(self.bootstrap), max(1, len(self.accounts) * self.step_ms // 5000))
         for _ in range(n):
+            boot = bool(self.bootstrap)
             if self.bootstrap:
                 a = self.accounts[self.bootstrap.pop()]
-                picks = rng.sample(self.symbols, k=min(len(self.symbols), 1 + int(rng.random() < 0.35)))
+                picks = self._pick_symbols(1 + int(rng.random() < 0.35))
             else:
                 a = rng.choice(self.accounts)
-                picks = [rng.choice(self.symbols)]
+                picks = self._pick_symbols(1)
             for s in picks:
-                self._change_position(a, s, out)
+                self._change_position(a, s, out, opened_earlier=boot)
             out.append(self._account_event(a))
 
-    def _change_position(self, a: AccountSim, s: SymbolState, out: list[dict]) -> None:
+    def _pick_symbols(self, k: int) -> list[SymbolState]:
+        """Traders go where the liquidity is: symbols weighted by their book depth."""
+        weights = [s.spec.level_notional for s in self.symbols]
+        picks: list[SymbolState] = []
+        while len(picks) < min(k, len(self.symbols)):
+            s = self.rng.choices(self.symbols, weights=weights)[0]
+            if s not in picks:
+                picks.append(s)
+        return picks
+
+    def _change_position(self, a: AccountSim, s: SymbolState, out: list[dict], opened_earlier: bool = False) -> None:
+        """``opened_earlier``: a position the account already held when the feed started, so
+        its entry is spread around today's price (positions were opened over days)."""
         rng = self.rng
         lev = a.leverage
         old = a.positions.get(s.spec.name)
@@ -317,7 +330,7 @@ class Market:
         else:
             notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room)
             size = round(notional / s.mid * (1 if rng.random() < 0.52 else -1), 6)
-            entry = _r(s.mid)
+            entry = _r(s.mid * math.exp(rng.gauss(0.0, 0.02)) if opened_earlier else s.mid)
         s.open_interest = max(0.0, s.open_interest - abs(old[0]) if old else s.open_interest) + abs(size)
         if size == 0:
             a.positions.pop(s.spec.name, None)
