@@ -159,9 +159,12 @@ def anomalies(
     since: Optional[str] = typer.Option(None, "--since", help="Only the last DURATION, e.g. 15m, 2h, 1d."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind, e.g. cancel_burst."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Only this symbol."),
-    limit: int = typer.Option(100, "--limit", min=1, help="At most this many (newest first)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="At most this many, newest first (default: all with --json, 100 in the table)."),
 ) -> None:
     """List stored anomalies, newest first."""
+    if limit is None and not as_json:
+        limit = 100
     cfg = load_config(config)
     since_s = parse_duration("--since", since)
     path = Path(cfg.store.path)

@@ -147,7 +147,7 @@ class RouteConfig(_Section):
     kinds: list[str] = []  # empty: every kind
     symbols: list[str] = []  # globs, e.g. "BTC-*"; empty: every symbol
     group_wait: Duration = _d("0s")
-    group_interval: Duration = _d("1m")
+    group_interval: Duration = _d("5s")  # early warning: an incident's updates go out within seconds
     repeat_interval: Duration = _d("4h")
     continue_: bool = msgspec.field(default=False, name="continue")
 

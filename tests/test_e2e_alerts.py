@@ -129,3 +129,23 @@ def test_silence_from_cli_mutes_the_running_daemon(tmp_path):
     assert {s for p in hook.payloads() for s in p["symbols"]} == {"ETH-PERP"}
     assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 0
     assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 1
+
+
+def test_later_notifications_keep_the_incident_id(tmp_path):
+    """A second anomaly on the symbol updates the incident: same id, the anomalies so far."""
+    frames = gap_frames() + [frame({"type": "book", "symbol": "BTC-PERP", "ts": T0 + 5_000, "seq": 1,
+                                    "snapshot": True, "bids": [[100, 1]], "asks": [[101, 1]]}),
+                             frame({"type": "book", "symbol": "BTC-PERP", "ts": T0 + 6_000, "seq": 9})]
+    with Collector() as hook, ThreadedFeed(frames) as feed:
+        extra = alerts_config(hook.url, False).replace('group_wait = "0s"', 'group_wait = "0s"\ngroup_interval = "1s"')
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "an update with both gaps")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    ids = {p["incident_id"] for p in hook.payloads()}
+    assert len(ids) == 1
+    last = hook.payloads()[-1]
+    assert [a["ts"] for a in last["anomalies"]] == [T0 + 100, T0 + 6_000]
