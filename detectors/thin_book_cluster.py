@@ -26,8 +26,8 @@ of the book first; a band at the mark itself would otherwise have no depth at al
   ``min_cluster_notional``), with C/D >= ``factor`` x ``density_relax``.
 
 Either also needs the side's smoothed pressure log1p(max C/(D + min_cluster_notional))
-to sit ``z_threshold`` above its own baseline (river EW stats, protected learning): a
-structurally thin symbol alarms when it gets worse, not forever. Warm-up: no anomaly
+to sit ``z_threshold`` above its own baseline (river EW stats, protected learning, std
+floored at ``STD_FLOOR``): a structurally thin symbol alarms when it gets worse, not forever. Warm-up: no anomaly
 before ``warmup_ticks`` ticks and ``min_samples`` evaluations of the side.
 
 Severity: info for a dense cluster alone; warning for pressure; critical for pressure
@@ -62,6 +62,7 @@ from monitor.state.liquidation import (
 )
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
+STD_FLOOR = 0.2  # floor under the baseline std of log1p(pressure): a 1.5x wiggle is not 4 sigma
 # An account's contribution to one (symbol, side, bucket) packed into one int — an account
 # holding one position costs one int in the map, not a tuple of tuples (~100 B less each).
 # Buckets are signed (prices below 1 have negative log buckets), so they are offset.
@@ -119,7 +120,7 @@ class _Side:
     def __init__(self, cfg: ThinBookClusterConfig) -> None:
         self.hist: dict[int, float] = {}  # bucket -> forced notional
         self.members: dict[int, dict[str, float]] = {}  # bucket -> account -> notional
-        self.base = Baseline(cfg.fading, cfg.min_samples, 0.1, cfg.readmit_ticks)
+        self.base = Baseline(cfg.fading, cfg.min_samples, STD_FLOOR, cfg.readmit_ticks)
 
 
 class _Sym:
@@ -143,7 +144,7 @@ class ThinBookCluster(Detector):
     Config = ThinBookClusterConfig
     consumes = (Position, Account, Mark, Liquidation)
     check_params = [{}, {"warmup_ticks": 8, "min_samples": 3, "min_cluster_notional": 1_000.0, "eval_ms": 250,
-                         "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2},
+                         "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2, "z_threshold": 1.5},
                     {"warmup_ticks": 4, "min_samples": 2, "bucket_bps": 20.0, "max_distance_bps": 2_000.0,
                      "include_funding": False, "max_accounts": 4, "z_threshold": 0.5, "min_cluster_notional": 10.0,
                      "tiers": {"BTC-PERP": [(10_000.0, 0.01), (1e12, 0.02)]}}]
