@@ -207,4 +207,5 @@ class AlertEngine:
         return max(0.25, self._rng.uniform(0, min(BACKOFF_CAP_S, 0.5 * 2 ** attempts)))
 
     def status(self) -> dict[str, Any]:
-        return {"open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed}
+        return {"open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed,
+                "pending": self.outbox.pending()}

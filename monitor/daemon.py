@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -23,9 +24,11 @@ import structlog
 
 from detectors import build_detectors
 from monitor.codecs import Codec
-from monitor.config import Config, ConfigError, SourceConfig
+from monitor.config import Config, ConfigError, SourceConfig, listen_address
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
+from monitor.ops import metrics
+from monitor.ops.notify import SdNotifier
 from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
 from monitor.state import MarketState
@@ -75,6 +78,10 @@ class Daemon:
 
             self.sinks.append(AlertEngine(cfg, self.pipeline.state))
         self.anomalies_total = 0
+        self.anomaly_kinds: Counter[str] = Counter()
+        self.loop_lag_s = 0.0
+        self.notifier = SdNotifier()
+        self._metrics = None
         self.started_wall = time.time()
         self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
         self._pending: list[Anomaly] = []
@@ -98,9 +105,14 @@ class Daemon:
             if start is not None:
                 await start()
         self._queue = asyncio.Queue(maxsize=self.cfg.daemon.queue_frames)
+        if self.cfg.metrics.enabled:
+            host, port = listen_address(self.cfg)
+            self._metrics = await asyncio.to_thread(metrics.serve, self, host, port)
         sources = [asyncio.create_task(self._source(s), name=f"source:{s.name}") for s in self.cfg.sources]
         processor = asyncio.create_task(self._process_forever(), name="processor")
         flusher = asyncio.create_task(self._flush_forever(), name="flusher")
+        heartbeat = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        self.notifier.notify(READY=1, STATUS=self.summary())  # store open, sources connecting
         log.info("daemon_started", sources=[s.name for s in self.cfg.sources], store=str(self.store.path),
                  detectors=[d.name for d in self.pipeline.detectors])
         stopper = asyncio.create_task(self._stop.wait())
@@ -109,7 +121,13 @@ class Daemon:
         for t in crashed:
             log.error("task_failed", task=t.get_name(), error=repr(t.exception()))
         deadline = loop.time() + self.cfg.daemon.drain_timeout.seconds
+        self.notifier.notify(STOPPING=1, STATUS="draining")
+        heartbeat.cancel()
+        if self._metrics is not None:  # before the sinks close their databases
+            await asyncio.to_thread(self._metrics.shutdown)
+            self._metrics.server_close()
         await self._drain(sources, processor, flusher, deadline)
+        self.notifier.close()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -138,6 +156,28 @@ class Daemon:
         log.info("stopped", anomalies=self.anomalies_total, events=sum(self.pipeline.counts.values()))
 
     # -- the pipeline ------------------------------------------------------------------
+    def summary(self) -> str:
+        connected = sum(1 for s in self.status.values() if s.connected)
+        return (f"{connected}/{len(self.status)} sources connected, {sum(self.pipeline.counts.values())} events, "
+                f"{self.anomalies_total} anomalies")
+
+    async def _heartbeat_forever(self, every_s: float = 0.5) -> None:
+        """Measures event-loop lag; pings the systemd watchdog from the loop itself."""
+        loop = asyncio.get_running_loop()
+        watchdog = self.notifier.watchdog_s
+        last_ping = last_status = 0.0
+        while True:
+            t = loop.time()
+            await asyncio.sleep(every_s)
+            now = loop.time()
+            self.loop_lag_s = max(0.0, now - t - every_s)
+            if watchdog is not None and now - last_ping >= min(watchdog, 5.0):
+                self.notifier.notify(WATCHDOG=1)
+                last_ping = now
+            if now - last_status >= 10.0:
+                self.notifier.notify(STATUS=self.summary())
+                last_status = now
+
     async def _source(self, src: SourceConfig) -> None:
         queue = self._queue
         assert queue is not None
@@ -194,6 +234,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._writer, self.store.write_anomalies, batch)
         self.anomalies_total += len(batch)
+        self.anomaly_kinds.update(a.kind for a in batch)
         for a in batch:
             log.info("anomaly", id=a.id, kind=a.kind, severity=a.severity, symbol=a.symbol,
                      account=a.account, ts=a.ts, score=a.score)

@@ -1,0 +1,1 @@
+"""Operations: systemd notification and Prometheus metrics (thin shells, no detection logic)."""
