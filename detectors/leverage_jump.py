@@ -215,8 +215,8 @@ class LeverageJump(Detector):
                 sym.cur += 1
                 sym.raisers.append((acct, prev_lev, lev))
             return
-        n, usual, notional_col, base_n, base_ts = (self.accounts.cols[k] for k in (N, LEV, NOTIONAL, BASE_NOTIONAL,
-                                                                                   BASE_TS))
+        cols = self.accounts.cols
+        n, usual, notional_col, base_n, base_ts = cols[N], cols[LEV], cols[NOTIONAL], cols[BASE_NOTIONAL], cols[BASE_TS]
         st = state.accounts.get(acct)
         # a raise on this symbol: vs the position it replaces, or (a new one) the account's usual leverage
         ref = prev_lev if prev_lev is not None else (usual[i] if n[i] else None)

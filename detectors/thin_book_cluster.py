@@ -58,7 +58,7 @@ from detectors.latch import Latch
 from monitor.events import Account, Anomaly, Liquidation, Mark, Position
 from monitor.state import MarketState
 from monitor.state.liquidation import (
-    DEFAULT_TIERS, Tiers, divergence_bps, funding_payment, liquidation_price, maintenance_margin, parse_tiers,
+    DEFAULT_TIERS, Tiers, divergence_bps, liquidation_price, maintenance_margin, parse_tiers,
 )
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
@@ -263,35 +263,32 @@ class ThinBookCluster(Detector):
         if st is None:
             return []
         cfg = self.config
-        marks = state.marks
-        prices: dict[str, float] = {}
-        for symbol in st.positions:
-            px = state.price(symbol)
-            if px is not None:
-                prices[symbol] = px
+        marks, tiers_of, default = state.marks, self._tiers.get, self._default_tiers
+        rows = []
+        for symbol, p in st.positions.items():
+            m = marks.get(symbol)
+            px = m.mark if m is not None and m.mark is not None else state.price(symbol)
+            if px is not None and p.size:
+                rows.append((symbol, p, px, tiers_of(symbol, default), m))
         equity = st.equity
         cross_mm = 0.0
         mms: dict[str, float] = {}
-        if equity is not None:
-            for symbol, p in st.positions.items():
-                if not p.isolated and symbol in prices:
-                    mms[symbol] = mm = maintenance_margin(p.size, prices[symbol], self.tiers(symbol))
+        if equity is not None and len(rows) > 1:  # other positions' maintenance: only with several
+            for symbol, p, px, tiers, _ in rows:
+                if not p.isolated:
+                    mms[symbol] = mm = maintenance_margin(p.size, px, tiers)
                     cross_mm += mm
         out = []
-        for symbol, p in st.positions.items():
-            px = prices.get(symbol)
-            if px is None or p.size == 0:
-                continue
-            m = marks.get(symbol)
-            rate = m.funding_rate if m is not None and cfg.include_funding else None
-            funding = funding_payment(p.size, px, rate)
-            tiers = self.tiers(symbol)
+        fee, with_funding = cfg.taker_fee, cfg.include_funding
+        for symbol, p, px, tiers, m in rows:
+            rate = m.funding_rate if with_funding and m is not None else None
+            funding = p.size * px * rate if rate else 0.0  # funding_payment, inlined
             if p.isolated or equity is None:
-                liq = liquidation_price(p.size, p.entry, p.leverage, tiers=tiers, fee=cfg.taker_fee, funding=funding)
+                liq = liquidation_price(p.size, p.entry, p.leverage, tiers=tiers, fee=fee, funding=funding)
                 if count and not p.isolated:
                     self._syms[symbol].approx_cross += 1
             else:
-                liq = liquidation_price(p.size, p.entry, p.leverage, tiers=tiers, fee=cfg.taker_fee, funding=funding,
+                liq = liquidation_price(p.size, p.entry, p.leverage, tiers=tiers, fee=fee, funding=funding,
                                         cross_equity=equity, mark=px, other_mm=cross_mm - mms.get(symbol, 0.0))
             if liq is None:
                 continue

@@ -104,7 +104,11 @@ def liquidation_price(size: float, entry: float, leverage: float, *, tiers: Tier
         return None
     q = abs(size)
     ref = q * (mark if mark is not None else entry)
-    b = next((i for i, (cap, _) in enumerate(tiers) if ref <= cap), len(tiers) - 1)
+    b = len(tiers) - 1
+    for i in range(b):
+        if ref <= tiers[i][0]:
+            b = i
+            break
     if size > 0:  # price falls: brackets b, b-1, ..., 0
         for i in range(b, -1, -1):
             price = _solve(True, q, entry, leverage, tiers[i][1], fee, funding, cross_equity, mark, other_mm)
