@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from monitor.config import Config, ConfigError, SourceConfig, listen_address
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
 from monitor.ops import metrics
+from monitor.ops.jobs import Jobs, load_checkpoint, save_checkpoint
 from monitor.ops.notify import SdNotifier
 from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
@@ -67,7 +69,7 @@ class Daemon:
     def __init__(self, cfg: Config, *, sinks: list[AnomalySink] | None = None,
                  store: Store | None = None, pipeline: Pipeline | None = None) -> None:
         self.cfg = cfg
-        self.pipeline = pipeline or build_pipeline(cfg)
+        self.pipeline = pipeline or load_checkpoint(cfg) or build_pipeline(cfg)
         self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
         self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
@@ -112,6 +114,8 @@ class Daemon:
         processor = asyncio.create_task(self._process_forever(), name="processor")
         flusher = asyncio.create_task(self._flush_forever(), name="flusher")
         heartbeat = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        jobs = Jobs(self)
+        jobs.start()
         self.notifier.notify(READY=1, STATUS=self.summary())  # store open, sources connecting
         log.info("daemon_started", sources=[s.name for s in self.cfg.sources], store=str(self.store.path),
                  detectors=[d.name for d in self.pipeline.detectors])
@@ -123,10 +127,12 @@ class Daemon:
         deadline = loop.time() + self.cfg.daemon.drain_timeout.seconds
         self.notifier.notify(STOPPING=1, STATUS="draining")
         heartbeat.cancel()
+        jobs.stop()
         if self._metrics is not None:  # before the sinks close their databases
             await asyncio.to_thread(self._metrics.shutdown)
             self._metrics.server_close()
         await self._drain(sources, processor, flusher, deadline)
+        await self._checkpoint_before(deadline)
         self.notifier.close()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,6 +162,28 @@ class Daemon:
         log.info("stopped", anomalies=self.anomalies_total, events=sum(self.pipeline.counts.values()))
 
     # -- the pipeline ------------------------------------------------------------------
+    async def _checkpoint_before(self, deadline: float) -> None:
+        """Save detector state so a restart resumes warm, within what is left of the drain
+        budget. Nothing mutates the pipeline any more, so a thread may pickle it; a write
+        cut short leaves the previous checkpoint (the rename is atomic)."""
+        def save() -> None:
+            try:
+                save_checkpoint(self.cfg, self.pipeline)
+            except OSError as e:
+                log.warning("checkpoint_failed", error=str(e))
+
+        t = threading.Thread(target=save, name="checkpoint", daemon=True)
+        t.start()
+        loop = asyncio.get_running_loop()
+        while t.is_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if t.is_alive():
+            log.warning("checkpoint_skipped", reason="drain deadline")
+
+    def add_anomalies(self, anomalies: list[Anomaly]) -> None:
+        """Anomalies raised outside the pipeline (jobs); stored with the next flush."""
+        self._pending.extend(anomalies)
+
     def summary(self) -> str:
         connected = sum(1 for s in self.status.values() if s.connected)
         return (f"{connected}/{len(self.status)} sources connected, {sum(self.pipeline.counts.values())} events, "

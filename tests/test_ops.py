@@ -97,3 +97,51 @@ def test_metrics_and_healthz_serve_real_counts(tmp_path):
     assert 'perpwatch_events_total{type="Book"} 2.0' in text
     assert 'perpwatch_book_gaps_total{symbol="BTC-PERP"} 1.0' in text
     assert 'perpwatch_source_connected{source="exchange"} 1.0' in text
+
+
+def test_checkpoint_survives_a_restart(tmp_path):
+    """Stopping writes a checkpoint; the next start resumes the same detector state."""
+    import pickle
+
+    from monitor.config import load
+    from monitor.ops.jobs import CHECKPOINT, load_checkpoint
+
+    with ThreadedFeed(gap_feed()) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db")
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: (tmp_path / "pw.db").exists(), "the store")
+            wait_for(lambda: b'"feed_gap"' in subprocess.run(
+                [sys.executable, "-m", "monitor.cli", "anomalies", "--config", str(cfg), "--json"],
+                capture_output=True, cwd=ROOT).stdout, "the feed_gap")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert (tmp_path / CHECKPOINT).exists()
+    pipeline = load_checkpoint(load(cfg))
+    assert pipeline is not None
+    book = pipeline.state.books["BTC-PERP"]
+    assert book.gaps == 1 and not book.reliable and book.last_ts == T0 + 100
+    with open(tmp_path / CHECKPOINT, "rb") as f:
+        assert pickle.load(f)["fingerprint"]
+    changed = load(cfg)
+    changed.detectors["feed_gap"] = {"stuck_after_ms": 5}
+    assert load_checkpoint(changed) is None  # other detector settings: start cold
+
+
+def test_retention_deletes_only_old_rows(tmp_path):
+    """Retention purges anomalies older than the cutoff and delivered notifications only."""
+    from alerts.outbox import Outbox
+    from monitor.events import Anomaly
+    from monitor.store import Store
+
+    store = Store(tmp_path / "pw.db")
+    store.write_anomalies([Anomaly.make("feed_gap", T0, 1, "warning", symbol="OLD"),
+                           Anomaly.make("feed_gap", T0 + 86_400_000, 1, "warning", symbol="NEW")])
+    assert store.purge_anomalies(T0 + 1) == 1
+    assert [a["symbol"] for a in Store.reader(tmp_path / "pw.db").anomalies()] == ["NEW"]
+    ob = Outbox(tmp_path / "pw.db")
+    ob.enqueue("r", "i1", b"x", now=10.0)
+    ob.enqueue("r", "i2", b"y", now=10.0)
+    ob.mark_sent(ob.due(now=11.0)[0][0], now=11.0)
+    assert ob.purge_sent(older_than=12.0) == 1 and ob.pending() == 1
