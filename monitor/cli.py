@@ -241,6 +241,90 @@ def incident(
     console.print(t)
 
 
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="Output file."),
+    config: Path = ConfigOpt,
+    since: str = typer.Option("1d", "--since", help="Anomalies of the last DURATION."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+) -> None:
+    """Export stored anomalies with polars (detail as a JSON column)."""
+    import polars as pl
+
+    if fmt not in ("parquet", "csv"):
+        raise fail(f"--format: expected parquet or csv, got {fmt!r}", 2)
+    cfg = load_config(config)
+    since_s = parse_duration("--since", since)
+    path = Path(cfg.store.path)
+    with user_errors():
+        rows = Store.reader(path).anomalies(since_s=since_s, limit=None) if path.exists() else []
+    schema = {"id": pl.Utf8, "kind": pl.Utf8, "symbol": pl.Utf8, "account": pl.Utf8, "ts": pl.Int64,
+              "score": pl.Float64, "severity": pl.Utf8, "detail": pl.Utf8}
+    df = pl.DataFrame([{**r, "detail": msgspec.json.encode(r["detail"]).decode()} for r in rows], schema=schema)
+    if fmt == "parquet":
+        df.write_parquet(out)
+    else:
+        df.write_csv(out)
+    print(f"{df.height} anomalies -> {out}")
+
+
+@app.command()
+def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Sources, lag, open incidents and pending notifications, from the store and /metrics."""
+    import sqlite3
+    import urllib.request
+
+    from rich.panel import Panel
+
+    cfg = load_config(config)
+    path = Path(cfg.store.path)
+    report: dict = {"store": str(path), "sources": {}, "metrics": None}
+    if path.exists():
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+        def one(sql: str, default=None):
+            try:
+                return db.execute(sql).fetchone()[0]
+            except sqlite3.Error:
+                return default
+
+        report["anomalies_last_hour"] = one(
+            f"SELECT count(*) FROM anomalies WHERE detected_at >= {time.time() - 3600}", 0)
+        report["latest_anomaly_ts"] = one("SELECT max(ts) FROM anomalies")
+        report["open_incidents"] = one("SELECT count(*) FROM incidents WHERE status = 'firing'", 0)
+        report["pending_notifications"] = one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        db.close()
+    if cfg.metrics.enabled:
+        host, port = config_mod.listen_address(cfg)
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+            report["metrics"] = "up"
+            for line in text.splitlines():
+                for metric, key in (("perpwatch_source_connected", "connected"),
+                                    ("perpwatch_source_last_frame_seconds", "last_frame_wall"),
+                                    ("perpwatch_frames_total", "frames")):
+                    if line.startswith(metric + "{"):
+                        name = line.split('source="', 1)[1].split('"', 1)[0]
+                        report["sources"].setdefault(name, {})[key] = float(line.rsplit(" ", 1)[1])
+                if line.startswith("perpwatch_event_lag_seconds "):
+                    report["event_lag_s"] = float(line.split()[1])
+        except OSError as e:
+            report["metrics"] = f"unreachable ({e.__class__.__name__}): is the daemon running?"
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        return
+    t = Table.grid(padding=(0, 2))
+    for k, v in report.items():
+        if k != "sources":
+            t.add_row(k, str(v))
+    for name, s in report["sources"].items():
+        age = time.time() - s.get("last_frame_wall", 0) if s.get("last_frame_wall") else None
+        t.add_row(f"source {name}", f"{'connected' if s.get('connected') else 'DOWN'}, {int(s.get('frames', 0))} "
+                  f"frames, last {age:.1f} s ago" if age is not None else "no frame yet")
+    Console().print(Panel(t, title="perpwatch status"))
+
+
 silence_app = typer.Typer(help="Mute notifications matching a symbol, kind or account for a while.",
                           no_args_is_help=True)
 app.add_typer(silence_app, name="silence")

@@ -1,5 +1,6 @@
 """Operations: the systemd unit verifies, sd_notify over a real socket, metrics over HTTP."""
 
+import json
 import shutil
 import socket
 import subprocess
@@ -91,6 +92,10 @@ def test_metrics_and_healthz_serve_real_counts(tmp_path):
                             "metrics with the feed_gap counted")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                 assert r.read() == b"ok\n"
+            from tests.support import perpwatch
+
+            live = json.loads(perpwatch("status", "--config", str(cfg), "--json").stdout)
+            assert live["metrics"] == "up" and live["sources"]["exchange"]["connected"] == 1.0
         finally:
             code, _, err = stop_daemon(proc)
     assert code == 0, err
@@ -145,3 +150,27 @@ def test_retention_deletes_only_old_rows(tmp_path):
     ob.enqueue("r", "i2", b"y", now=10.0)
     ob.mark_sent(ob.due(now=11.0)[0][0], now=11.0)
     assert ob.purge_sent(older_than=12.0) == 1 and ob.pending() == 1
+
+
+def test_export_round_trips_through_polars(tmp_path):
+    """export writes parquet and csv that polars reads back with the same rows."""
+    import json
+
+    import polars as pl
+
+    from monitor.events import Anomaly
+    from monitor.store import Store
+    from tests.support import perpwatch
+
+    cfg = write_config(tmp_path / "pw.toml", "ws://127.0.0.1:1/feed", tmp_path / "pw.db")
+    Store(tmp_path / "pw.db").write_anomalies([Anomaly.make("cancel_burst", T0 + i, i, "warning", symbol="X",
+                                                            detail={"z": i}) for i in range(5)])
+    for fmt in ("parquet", "csv"):
+        out = tmp_path / f"a.{fmt}"
+        r = perpwatch("export", str(out), "--config", str(cfg), "--since", "1h", "--format", fmt)
+        assert r.returncode == 0, r.stderr
+        df = pl.read_parquet(out) if fmt == "parquet" else pl.read_csv(out)
+        assert df.height == 5 and sorted(df["ts"].to_list()) == [T0 + i for i in range(5)]
+        assert [json.loads(d)["z"] for d in df.sort("ts")["detail"]] == [0, 1, 2, 3, 4]
+    r = perpwatch("status", "--config", str(cfg), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["anomalies_last_hour"] == 5
