@@ -208,4 +208,4 @@ class AlertEngine:
 
     def status(self) -> dict[str, Any]:
         return {"open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed,
-                "pending": self.outbox.pending()}
+                "pending": self.outbox.pending(), "oldest_pending_s": self.outbox.oldest_pending_age()}

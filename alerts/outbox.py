@@ -69,6 +69,12 @@ class Outbox:
         with self._lock:
             return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
 
+    def oldest_pending_age(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        with self._lock:
+            oldest = self.db.execute("SELECT min(created_at) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        return max(0.0, now - oldest) if oldest is not None else 0.0
+
     def purge_sent(self, older_than: float) -> int:
         with self._lock:
             return self.db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",

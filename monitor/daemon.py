@@ -14,6 +14,7 @@ and the sinks within ``daemon.drain_timeout`` (<= 10 s), exit 0.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 import signal
 import threading
 import time
@@ -63,6 +64,9 @@ def build_pipeline(cfg: Config) -> Pipeline:
     return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms)
 
 
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
 class Daemon:
     IDLE_FLUSH_S = 0.5  # wall time without frames after which held anomalies are emitted
 
@@ -82,6 +86,8 @@ class Daemon:
         self.anomalies_total = 0
         self.anomaly_kinds: Counter[str] = Counter()
         self.loop_lag_s = 0.0
+        self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)  # event lag histogram, one sample per frame
+        self.lag_sum = 0.0
         self.notifier = SdNotifier()
         self._metrics = None
         self.started_wall = time.time()
@@ -242,6 +248,9 @@ class Daemon:
         else:
             events = self.codecs[name].decode(frame)
         if events:
+            lag = time.time() - events[-1].ts / 1000
+            self.lag_sum += lag
+            self.lag_buckets[bisect_left(LAG_BUCKETS, lag)] += 1
             found = self.pipeline.process(events)
             if found:
                 self._pending.extend(found)

@@ -102,6 +102,7 @@ def test_metrics_and_healthz_serve_real_counts(tmp_path):
     assert 'perpwatch_events_total{type="Book"} 2.0' in text
     assert 'perpwatch_book_gaps_total{symbol="BTC-PERP"} 1.0' in text
     assert 'perpwatch_source_connected{source="exchange"} 1.0' in text
+    assert 'perpwatch_frame_event_lag_seconds_count 2.0' in text  # one sample per frame
 
 
 def test_checkpoint_survives_a_restart(tmp_path):

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 log = structlog.get_logger("perpwatch.metrics")
 
@@ -61,6 +61,16 @@ class DaemonCollector:
         now_ms = d.pipeline.clock.now
         lag.add_metric([], max(0.0, time.time() - now_ms / 1000) if now_ms else 0.0)
         yield lag
+        from monitor.daemon import LAG_BUCKETS
+
+        hist = HistogramMetricFamily("perpwatch_frame_event_lag_seconds",
+                                     "Wall clock minus the last event time of each frame, at processing.")
+        cum, buckets = 0, []
+        for bound, n in zip((*LAG_BUCKETS, float("inf")), d.lag_buckets):
+            cum += n
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cum))
+        hist.add_metric([], buckets, sum_value=d.lag_sum)
+        yield hist
         loop = GaugeMetricFamily("perpwatch_loop_lag_seconds", "How late the event loop's last heartbeat ran.")
         loop.add_metric([], d.loop_lag_s)
         yield loop
@@ -80,7 +90,9 @@ class DaemonCollector:
             open_.add_metric([], s["open_incidents"])
             pending = GaugeMetricFamily("perpwatch_notifications_pending", "Notifications in the outbox.")
             pending.add_metric([], s.get("pending", 0))
-            yield from (sent, failed, open_, pending)
+            age = GaugeMetricFamily("perpwatch_outbox_oldest_pending_seconds", "Age of the oldest undelivered notification.")
+            age.add_metric([], s.get("oldest_pending_s", 0.0))
+            yield from (sent, failed, open_, pending, age)
 
 
 def serve(daemon, host: str, port: int) -> ThreadingHTTPServer | None:
