@@ -310,15 +310,14 @@ class ThinBookCluster(Detector):
         if not book.reliable:
             s.unreliable_evals += 1
             return  # depth is a hole during a resync: say nothing rather than "thin"
-        bids, asks = book.sorted_levels()
         for long in (True, False):
             side = s.long if long else s.short
             if not side.hist and not side.base.n:
                 continue
-            scan = self._scan(side.hist, mark.mark, bids if long else asks, long)
+            scan = self._scan(side.hist, mark.mark, book, long)
             self._judge(symbol, s, side, long, scan, now, state, mark.mark, out)
 
-    def _scan(self, hist: dict[int, float], mark: float, levels: list[tuple[float, float]], long: bool):
+    def _scan(self, hist: dict[int, float], mark: float, book, long: bool):
         """Walk out from the mark over the non-empty buckets (C/D and band sums peak at one).
 
         Returns (km, candidates, best, smooth, dense) with candidates [(j, C_j, D_j)]: C_j the
@@ -336,6 +335,7 @@ class ThinBookCluster(Detector):
         floor = cfg.min_cluster_notional
         if not js:
             return km, [], (-1, 0.0), 0.0, (-1, 0.0, 0.0)
+        levels = book.sorted_levels()[0 if long else 1]  # sorted only when something is in range
         step = 1.0 + cfg.bucket_bps / 1e4
         edge0 = math.exp(km * lb) if long else math.exp((km + 1) * lb)
         cands: list[tuple[int, float, float]] = []
