@@ -95,6 +95,7 @@ class Daemon:
         self._pending: list[Anomaly] = []
         self._stop = asyncio.Event()
         self._draining = asyncio.Event()
+        self._wake_flusher = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perpwatch-store")
         self._samples = RateLimitedSamples(per_minute=5)
 
@@ -152,6 +153,7 @@ class Daemon:
         await asyncio.gather(*sources, return_exceptions=True)
         processor.cancel()  # safe: it only ever waits in queue.get()
         self._draining.set()  # the flusher finishes the batch in hand, then exits
+        self._wake_flusher.set()
         await asyncio.gather(processor, flusher, return_exceptions=True)
         while self._queue is not None and not self._queue.empty():
             name, frame = self._queue.get_nowait()
@@ -252,15 +254,18 @@ class Daemon:
             self.lag_sum += lag
             self.lag_buckets[bisect_left(LAG_BUCKETS, lag)] += 1
             found = self.pipeline.process(events)
+            found += self.pipeline.flush()  # decided on event time already: no need to wait for a tick
             if found:
                 self._pending.extend(found)
+                self._wake_flusher.set()
 
     async def _flush_forever(self, every_s: float = 0.1) -> None:
         while not self._draining.is_set():
-            try:
-                await asyncio.wait_for(self._draining.wait(), every_s)
+            try:  # woken by new anomalies (or the drain); otherwise every every_s for the drop log
+                await asyncio.wait_for(self._wake_flusher.wait(), every_s)
             except TimeoutError:
                 pass
+            self._wake_flusher.clear()
             await self._flush()
             self._log_drops()
 
