@@ -54,3 +54,16 @@ def test_leverage_jumps_single_and_cohort_are_detected():
     _, labels, report = run("leverage_jump", 720)
     assert report["per_kind"] == [{"kind": "leverage_jump", "labels": 2, "detected": 2, "recall": 1.0}]
     assert report["false_alerts"] <= 1
+
+
+def test_thin_book_cluster_is_detected():
+    """Liquidation prices converging into a thinned band are flagged on that symbol."""
+    _, labels, report = run("thin_book_cluster", 600)
+    assert report["per_kind"] == [{"kind": "thin_book_cluster", "labels": 1, "detected": 1, "recall": 1.0}]
+
+
+def test_cascade_is_flagged_before_its_first_forced_liquidation():
+    """Both cascade symbols are flagged before the first forced liquidation."""
+    _, labels, report = run("cascade", 720)
+    assert report["per_kind"] == [{"kind": "cascade", "labels": 2, "detected": 2, "recall": 1.0}]
+    assert all(c["lead_s"] is not None and c["lead_s"] > 0 for c in report["cascades"])
