@@ -176,7 +176,7 @@ def anomalies(
         with user_errors():
             rows = Store.reader(path).anomalies(since_s=since_s, kind=kind, symbol=symbol, limit=limit)
     if as_json:
-        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        print_json(rows)
         return
     print_anomaly_table(rows)
 
@@ -202,11 +202,9 @@ def incidents(
     for r in rows:
         r.pop("timeline")
     if as_json:
-        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        print_json(rows)
         return
-    t = Table(title=f"{len(rows)} incidents")
-    for col in ("id", "status", "severity", "opened (UTC)", "last (UTC)", "title"):
-        t.add_column(col, overflow="fold")
+    t = make_table(f"{len(rows)} incidents", ("id", "status", "severity", "opened (UTC)", "last (UTC)", "title"))
     for r in rows:
         sev = r["severity"]
         t.add_row(r["id"], r["status"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]", fmt_ts(r["opened_ts"]),
@@ -227,15 +225,13 @@ def incident(
     if row is None:
         raise fail(f"no incident {incident_id!r} in {cfg.store.path}", 1)
     if as_json:
-        sys.stdout.write(msgspec.json.encode(row).decode() + "\n")
+        print_json(row)
         return
     console = Console()
     sev = row["severity"]
     console.print(f"[bold]{row['id']}[/]  [{SEVERITY_STYLE.get(sev, '')}]{sev}[/]  {row['status']}  {row['title']}")
     console.print(f"symbols: {', '.join(row['symbols']) or '-'}   accounts: {', '.join(row['accounts'][:20]) or '-'}")
-    t = Table(title="timeline (event time)")
-    for col in ("time (UTC)", "kind", "severity", "symbol", "account", "why it joined"):
-        t.add_column(col, overflow="fold")
+    t = make_table("timeline (event time)", ("time (UTC)", "kind", "severity", "symbol", "account", "why it joined"))
     for e in row["timeline"]:
         t.add_row(fmt_ts(e["ts"]), e["kind"], e["severity"], e["symbol"] or "", e["account"] or "", e["reason"])
     console.print(t)
@@ -312,7 +308,7 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
         except OSError as e:
             report["metrics"] = f"unreachable ({e.__class__.__name__}): is the daemon running?"
     if as_json:
-        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        print_json(report)
         return
     t = Table.grid(padding=(0, 2))
     for k, v in report.items():
@@ -362,11 +358,9 @@ def silence_list(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "
     """Active silences (and expired ones with --expired)."""
     rows = [msgspec.structs.asdict(s) for s in _silences(config).all(include_expired=expired)]
     if as_json:
-        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        print_json(rows)
         return
-    t = Table(title=f"{len(rows)} silences")
-    for col in ("id", "symbol", "kind", "account", "until (UTC)", "comment"):
-        t.add_column(col, overflow="fold")
+    t = make_table(f"{len(rows)} silences", ("id", "symbol", "kind", "account", "until (UTC)", "comment"))
     for r in rows:
         t.add_row(r["id"], r["symbol"] or "*", r["kind"] or "*", r["account"] or "*",
                   fmt_ts(int(r["ends_at"] * 1000)), r["comment"])
@@ -518,6 +512,17 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     console.print(s)
 
 
+def print_json(obj) -> None:
+    sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
+
+
+def make_table(title: str, columns: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    return t
+
+
 def fmt_ts(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
@@ -536,9 +541,8 @@ def summarize_detail(detail: dict, width: int = 90) -> str:
 
 def print_anomaly_table(rows: list[dict], console: Console | None = None) -> None:
     console = console or Console()
-    t = Table(title=f"{len(rows)} anomalies (newest first)")
-    for col in ("time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"):
-        t.add_column(col, overflow="fold")
+    t = make_table(f"{len(rows)} anomalies (newest first)",
+                   ("time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"))
     for r in rows:
         sev = r["severity"]
         t.add_row(fmt_ts(r["ts"]), r["kind"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]",

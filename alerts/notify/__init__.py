@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+import httpx
+
 Outcome = Literal["ok", "retryable", "fatal"]
 
 
@@ -27,3 +29,15 @@ def retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], name: str) -> Result:
+    """POST and classify; errors name the receiver, never its URL."""
+    try:
+        r = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as e:
+        return Result("retryable", f"{type(e).__name__} (receiver {name})")
+    outcome = classify_status(r.status_code)
+    if outcome == "ok":
+        return Result("ok")
+    return Result(outcome, f"HTTP {r.status_code} (receiver {name})", retry_after(r.headers.get("Retry-After")))

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from alerts.notify import Result, classify_status, retry_after
+from alerts.notify import Result, post
 
 EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 COLOR = {"info": "#439FE0", "warning": "#FFA500", "critical": "#D00000"}
@@ -50,14 +50,7 @@ class SlackNotifier:
 
     async def send(self, body: bytes) -> Result:
         message = msgspec.json.encode(blocks(msgspec.json.decode(body)))
-        try:
-            r = await self.client.post(self._url, content=message, headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as e:
-            return Result("retryable", f"{type(e).__name__} (receiver {self.name})")
-        outcome = classify_status(r.status_code)
-        if outcome == "ok":
-            return Result("ok")
-        return Result(outcome, f"HTTP {r.status_code} (receiver {self.name})", retry_after(r.headers.get("Retry-After")))
+        return await post(self.client, self._url, message, {"Content-Type": "application/json"}, self.name)
 
     async def aclose(self) -> None:
         await self.client.aclose()

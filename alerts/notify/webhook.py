@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from alerts.notify import Result, classify_status, retry_after
+from alerts.notify import Result, post
 
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
@@ -35,14 +35,7 @@ class WebhookNotifier:
         headers = {"Content-Type": "application/json", "User-Agent": "perpwatch"}
         if self._secret is not None:
             headers["X-Perpwatch-Signature"] = sign(self._secret, body, int(time.time()))
-        try:
-            r = await self.client.post(self._url, content=body, headers=headers)
-        except httpx.HTTPError as e:
-            return Result("retryable", f"{type(e).__name__} (receiver {self.name})")
-        outcome = classify_status(r.status_code)
-        if outcome == "ok":
-            return Result("ok")
-        return Result(outcome, f"HTTP {r.status_code} (receiver {self.name})", retry_after(r.headers.get("Retry-After")))
+        return await post(self.client, self._url, body, headers, self.name)
 
     async def aclose(self) -> None:
         await self.client.aclose()
