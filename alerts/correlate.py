@@ -1,8 +1,13 @@
 """Incidents: anomalies connected in the exposure graph within a window of event time.
 
-Two anomalies are connected when they share a symbol or an account, or when an account
-involved in one holds cross-margin positions in the other's symbol (shared collateral:
-forced selling in one symbol drains margin for the other). Pure and synchronous.
+An anomaly joins an open incident (last seen within ``window_ms``) when they share a
+symbol or an account; when an account involved in it holds cross-margin positions in one
+of the incident's symbols (that account's collateral is at stake in both); or when its
+symbol is linked to one of the incident's symbols in the market's exposure graph
+(``monitor/state/exposure.py``: correlated returns, shared cross collateral weighted by
+notional, forced flow of liquidations from one to the other). An anomaly that connects
+two incidents merges them. The timeline records the reason each anomaly joined. Pure
+and synchronous.
 
 Severity rises with the evidence: an incident's severity is the worst of its anomalies,
 and a thin-book cluster together with a cancel burst or a leverage jump in one incident
@@ -15,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from monitor.events import SEVERITY_RANK, Anomaly, max_severity
+from monitor.events import Anomaly, max_severity
 from monitor.state import MarketState
 
 MAX_ANOMALIES = 200  # kept per incident (the timeline keeps counting)
@@ -68,8 +73,12 @@ class Correlator:
         """Place an anomaly; returns its incident and any anomaly synthesized by the rules."""
         self._resolve(a.ts)
         symbols, accounts = self._reach(a, state)
-        joined = [inc for inc in self.open.values()
-                  if a.ts - inc.last_ts <= self.window_ms and (inc.symbols & symbols or inc.accounts & accounts)]
+        recent = [inc for inc in self.open.values() if a.ts - inc.last_ts <= self.window_ms]
+        links: dict[str, str] = {}
+        if state is not None and a.symbol and recent:
+            links = state.exposure.neighbours(a.symbol, a.ts, among=set().union(*(i.symbols for i in recent)))
+        joined = [inc for inc in recent
+                  if inc.symbols & symbols or inc.accounts & accounts or inc.symbols & links.keys()]
         if not joined:
             inc = Incident(a)
             self.open[inc.id] = inc
@@ -84,8 +93,7 @@ class Correlator:
                     for b in other.anomalies:
                         inc.add(b, f"merged from {other.id}")
                     del self.open[other.id]
-            shared = sorted((inc.symbols & symbols) | (inc.accounts & accounts))
-            inc.add(a, "same " + ", ".join(shared[:5]) if shared else "connected")
+            inc.add(a, _why(inc, symbols, accounts, links))
         return inc, self._rules(inc, a)
 
     def _reach(self, a: Anomaly, state: MarketState | None) -> tuple[set[str], set[str]]:
@@ -125,5 +133,10 @@ class Correlator:
         self.open.pop(inc.id, None)
 
 
-def severity_rank(s: str) -> int:
-    return SEVERITY_RANK[s]
+def _why(inc: Incident, symbols: set[str], accounts: set[str], links: dict[str, str]) -> str:
+    shared = sorted((inc.symbols & symbols) | (inc.accounts & accounts))
+    if shared:
+        return "same " + ", ".join(shared[:5])
+    linked = sorted(inc.symbols & links.keys())
+    return "; ".join(f"{s}: {links[s]}" for s in linked[:3]) or "connected"
+

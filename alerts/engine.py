@@ -25,7 +25,8 @@ from alerts.notify.slack import SlackNotifier
 from alerts.notify.webhook import WebhookNotifier
 from alerts.outbox import Outbox
 from alerts.route import RouteState, decide, matches
-from alerts.silence import POLL_S, SilenceTable, muted
+from alerts.mute import Muter
+from alerts.silence import POLL_S, SilenceTable
 from monitor.config import Config, ReceiverConfig, receiver_url, resolve_secret
 from monitor.events import Anomaly
 from monitor.state import MarketState
@@ -73,9 +74,10 @@ class AlertEngine:
         self.incidents = IncidentTable(cfg.store.path)
         self.store = Store(cfg.store.path)
         self.silence_table = SilenceTable(cfg.store.path)
-        self.silences = self.silence_table.all()
+        self.muter = Muter(self.silence_table.all())
         self._silences_read = time.monotonic()
-        self.muted = 0
+        self.muted = 0  # route passes skipped for a silence or an inhibition
+        self._quiet: dict[str, str] = {}  # incident id -> why it is muted (logged once per reason)
         self._route_state: dict[tuple[int, str], RouteState] = {}
         self._next_send: dict[str, float] = {}
         self._rng = rng or random.Random()
@@ -125,13 +127,19 @@ class AlertEngine:
         batch: list[tuple[str, str, bytes]] = []
         live = set()
         if time.monotonic() - self._silences_read >= POLL_S:
-            self.silences = await asyncio.to_thread(self.silence_table.all)
+            self.muter.silences = await asyncio.to_thread(self.silence_table.all)
             self._silences_read = time.monotonic()
-        for inc in list(self.correlator.open.values()):
+        incidents = list(self.correlator.open.values())
+        for inc in incidents:
             live.add(inc.id)
-            if muted(inc.anomalies, self.silences, now):
+            why_quiet = self.muter.reason(inc, incidents, now)
+            if why_quiet is not None:
                 self.muted += 1
+                if self._quiet.get(inc.id) != why_quiet:
+                    self._quiet[inc.id] = why_quiet
+                    log.info("incident_muted", incident_id=inc.id, reason=why_quiet)
                 continue
+            self._quiet.pop(inc.id, None)
             body = None
             for i, route in enumerate(self.routes):
                 if not matches(route, inc.severity, inc.kinds, inc.symbols):
@@ -148,6 +156,8 @@ class AlertEngine:
                     break
         for key in [k for k in self._route_state if k[1] not in live]:  # resolved incidents
             del self._route_state[key]
+        for key in [k for k in self._quiet if k not in live]:
+            del self._quiet[key]
         if batch:
             await asyncio.to_thread(self._enqueue, batch)
             self._wake.set()

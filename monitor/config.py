@@ -152,11 +152,36 @@ class RouteConfig(_Section):
     continue_: bool = msgspec.field(default=False, name="continue")
 
 
+class ExposureConfig(_Section):
+    """The exposure graph's edges (monitor/state/exposure.py); all on event time."""
+
+    return_interval: Duration = _d("5s")  # marks sampled this far apart for returns
+    corr_halflife: Duration = _d("15m")  # EW half-life of the return correlation
+    min_return_corr: float = 0.6  # |rho| at or above this links two symbols
+    corr_min_samples: int = 60  # returns in common before a correlation counts
+    max_corr_symbols: int = 256  # symbols in the correlation matrix (first come; idle ones give way)
+    min_collateral_share: float = 0.2  # shared cross notional / the smaller symbol's cross notional
+    forced_flow_window: Duration = _d("60s")  # a liquidation this soon after another symbol's chains them
+    forced_flow_halflife: Duration = _d("30m")  # decay of the chain counts
+    min_forced_flow: float = 3.0  # decayed chain count that links two symbols
+    max_edges: int = 200_000  # collateral and forced-flow edges each; past it the weakest tenth goes
+
+    def graph_params(self) -> dict[str, Any]:
+        """ExposureGraph.configure's arguments."""
+        return dict(return_interval_ms=self.return_interval.ms, corr_halflife_ms=self.corr_halflife.ms,
+                    min_return_corr=self.min_return_corr, corr_min_samples=self.corr_min_samples,
+                    min_collateral_share=self.min_collateral_share,
+                    forced_flow_window_ms=self.forced_flow_window.ms,
+                    forced_flow_halflife_ms=self.forced_flow_halflife.ms, min_forced_flow=self.min_forced_flow,
+                    max_edges=self.max_edges)
+
+
 class AlertsConfig(_Section):
     receivers: list[ReceiverConfig] = []
     routes: list[RouteConfig] = []
     incident_window: Duration = _d("10m")  # anomalies this close in event time may join
     resolve_after: Duration = _d("15m")  # an incident quiet this long resolves
+    exposure: ExposureConfig = msgspec.field(default_factory=ExposureConfig)
 
 
 class Config(_Section):
@@ -271,6 +296,14 @@ def validate(cfg: Config) -> None:
             _check_url(f"{k}.url", r.url, ("http", "https"))
         if r.secret_env is not None and r.secret_file is not None:
             raise ConfigError(f"{k}.secret_env", "set at most one of secret_env, secret_file")
+    x = cfg.alerts.exposure
+    for name in ("return_interval", "corr_halflife", "forced_flow_window", "forced_flow_halflife"):
+        _positive(f"alerts.exposure.{name}", getattr(x, name).ms)
+    for name in ("corr_min_samples", "max_corr_symbols", "max_edges", "min_forced_flow"):
+        _positive(f"alerts.exposure.{name}", getattr(x, name))
+    for name in ("min_return_corr", "min_collateral_share"):
+        if not 0 < getattr(x, name) <= 1:
+            raise ConfigError(f"alerts.exposure.{name}", f"must be within (0, 1], got {getattr(x, name)}")
     for i, rt in enumerate(cfg.alerts.routes):
         if rt.receiver not in names:
             have = ", ".join(sorted(names)) or "none"

@@ -34,7 +34,7 @@ from monitor.ops.jobs import Jobs, load_checkpoint, save_checkpoint
 from monitor.ops.notify import SdNotifier
 from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
-from monitor.state import MarketState
+from monitor.state import ExposureGraph, MarketState
 from monitor.store import Store
 from monitor.venues import RestSnapshot, Session, make_session
 
@@ -60,7 +60,9 @@ def build_pipeline(cfg: Config) -> Pipeline:
         detectors = build_detectors(cfg.detectors)
     except ValueError as e:  # DetectorConfigError carries the dotted key
         raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
-    state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts)
+    x = cfg.alerts.exposure
+    graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
+    state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)
     return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms)
 
 

@@ -71,6 +71,7 @@ class Pipeline:
         return out
 
     def tick(self, now: int) -> list[Anomaly]:
+        self.state.tick(now)
         out: list[Anomaly] = []
         for d in self.detectors:
             found = d.on_tick(now, self.state)

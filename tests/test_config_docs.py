@@ -26,8 +26,9 @@ def test_every_key_is_documented():
     text = DOC.read_text()
     documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.M))
     sections = [C.SourceConfig, C.StoreConfig, C.DaemonConfig, C.LoggingConfig, C.MetricsConfig,
-                C.ReceiverConfig, C.RouteConfig, C.AlertsConfig]
-    wanted = set().union(*(keys_of(s) for s in sections)) - {"receivers", "routes"}
+                C.ReceiverConfig, C.RouteConfig, C.AlertsConfig, C.ExposureConfig]
+    wanted = set().union(*(keys_of(s) for s in sections)) - {"receivers", "routes", "exposure"}
+    assert "[alerts.exposure]" in text
     assert wanted <= documented, sorted(wanted - documented)
     for name, cls in REGISTRY.items():
         assert f"[detectors.{name}]" in text, name

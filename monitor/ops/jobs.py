@@ -29,6 +29,7 @@ from monitor.pipeline import Pipeline
 
 log = structlog.get_logger("perpwatch.jobs")
 CHECKPOINT = "checkpoint.pickle"
+FORMAT = 2  # bumped when the pickled state's shape changes (2: the exposure graph)
 
 
 def state_dir(cfg: Config) -> Path:
@@ -36,8 +37,10 @@ def state_dir(cfg: Config) -> Path:
 
 
 def fingerprint(cfg: Config) -> str:
-    """Detector settings and tick: a checkpoint made under others is not resumed."""
-    return hashlib.blake2b(msgspec.json.encode([cfg.detectors, cfg.daemon.tick.ms]), digest_size=8).hexdigest()
+    """Detector settings, tick and format: a checkpoint made under others is not resumed.
+    (Exposure-graph thresholds are not in it: they are re-applied to a restored graph.)"""
+    key = [cfg.detectors, cfg.daemon.tick.ms, FORMAT]
+    return hashlib.blake2b(msgspec.json.encode(key), digest_size=8).hexdigest()
 
 
 def save_checkpoint(cfg: Config, pipeline: Pipeline) -> Path:
@@ -64,10 +67,12 @@ def load_checkpoint(cfg: Config) -> Pipeline | None:
         log.warning("checkpoint_unreadable", path=str(path), error=f"{type(e).__name__}: {e}"[:200])
         return None
     if snap.get("fingerprint") != fingerprint(cfg):
-        log.info("checkpoint_ignored", path=str(path), reason="detector settings changed")
+        log.info("checkpoint_ignored", path=str(path), reason="detector settings or checkpoint format changed")
         return None
     log.info("checkpoint_restored", path=str(path))
-    return Pipeline.restore(snap["pipeline"])
+    pipeline = Pipeline.restore(snap["pipeline"])
+    pipeline.state.exposure.configure(**cfg.alerts.exposure.graph_params())
+    return pipeline
 
 
 class Jobs:

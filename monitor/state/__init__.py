@@ -13,17 +13,21 @@ from monitor.events import Account, Book, Event, Heartbeat, Liquidation, Mark, O
 from monitor.state.accounts import AccountBook, AccountState, Pos
 from monitor.state.book import L2Book, Status
 from monitor.state.clock import EventClock
+from monitor.state.exposure import ExposureGraph
 
-__all__ = ["MarketState", "SymbolMarks", "L2Book", "AccountBook", "AccountState", "Pos", "EventClock"]
+__all__ = ["MarketState", "SymbolMarks", "L2Book", "AccountBook", "AccountState", "Pos", "EventClock", "ExposureGraph"]
 
 
 class SymbolMarks:
-    """Latest mark/index/last/funding/open interest of a symbol."""
+    """Latest mark/index/last/funding/open interest of a symbol; ``prev_mark`` is the mark
+    as it stood before the latest mark's ``ts`` (what a sample at that ts should see)."""
 
-    __slots__ = ("mark", "index", "last", "funding_rate", "open_interest", "ts", "last_trade", "last_trade_ts")
+    __slots__ = ("mark", "index", "last", "funding_rate", "open_interest", "ts", "last_trade", "last_trade_ts",
+                 "prev_mark")
 
     def __init__(self) -> None:
         self.mark: float | None = None
+        self.prev_mark: float | None = None
         self.index: float | None = None
         self.last: float | None = None
         self.funding_rate: float | None = None
@@ -41,19 +45,22 @@ class SymbolMarks:
 
 
 class MarketState:
-    """Books, marks and accounts, with a bound on how many symbols a feed may create."""
+    """Books, marks, accounts and the exposure graph between symbols, with a bound on how
+    many symbols a feed may create."""
 
-    def __init__(self, max_symbols: int = 5_000, max_accounts: int = 2_000_000) -> None:
+    def __init__(self, max_symbols: int = 5_000, max_accounts: int = 2_000_000,
+                 exposure: ExposureGraph | None = None) -> None:
         self.books: dict[str, L2Book] = {}
         self.marks: dict[str, SymbolMarks] = {}
-        self.accounts = AccountBook(max_accounts)
+        self.exposure = exposure or ExposureGraph()
+        self.accounts = AccountBook(max_accounts, on_evict=self.exposure.forget_account)
         self.max_symbols = max_symbols
         self.rejected_symbols = 0  # events dropped because the symbol table was full
         self.last_book_status: Status = "ok"
         self.last_prev_position: Pos | None = None  # what the last position event replaced
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
-            Account: self._account, Order: _noop, Liquidation: _noop, Heartbeat: _noop,
+            Account: self._account, Order: _noop, Liquidation: self._liquidation, Heartbeat: _noop,
         }
 
     def apply(self, ev: Event) -> bool:
@@ -63,6 +70,10 @@ class MarketState:
     def handler(self, t: type) -> Callable[[Event], bool]:
         """The update function for one event type (the pipeline binds these once)."""
         return self._apply[t]
+
+    def tick(self, now: int) -> None:
+        """Event-time housekeeping before the detectors score: the exposure graph's samples."""
+        self.exposure.sample(now, self.marks)
 
     def known_symbol(self, symbol: str) -> bool:
         if symbol in self.marks:
@@ -96,6 +107,8 @@ class MarketState:
         m = self._marks_of(ev.symbol)
         if m is None:
             return False
+        if ev.ts > m.ts:
+            m.prev_mark = m.mark
         m.mark = ev.mark
         m.index = ev.index
         if ev.last is not None:
@@ -118,12 +131,18 @@ class MarketState:
     def _position(self, ev: Position) -> bool:
         if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
             return False
-        _, self.last_prev_position = self.accounts.position(
+        st, prev = self.accounts.position(
             str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
+        self.last_prev_position = prev
+        self.exposure.on_position(st, ev.symbol, prev)
         return True
 
     def _account(self, ev: Account) -> bool:
         self.accounts.collateral(str(ev.account), ev.equity, ev.maintenance_margin, ev.ts)
+        return True
+
+    def _liquidation(self, ev: Liquidation) -> bool:
+        self.exposure.on_liquidation(ev.symbol, ev.ts)
         return True
 
     def price(self, symbol: str) -> float | None:

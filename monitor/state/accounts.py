@@ -1,8 +1,9 @@
 """Positions per account and the cross collateral they share, bounded by an LRU.
 
 An exchange has millions of accounts; this map keeps at most ``max_accounts`` and
-evicts the least recently updated one (O(1) with an ordered dict). Eviction is counted:
-an evicted account comes back the next time it sends a position or account event.
+evicts the least recently updated one (O(1) with an ordered dict). Eviction is counted
+and reported to ``on_evict`` (the exposure graph drops the account's links): an evicted
+account comes back the next time it sends a position or account event.
 
 >>> b = AccountBook(max_accounts=2)
 >>> _ = b.position("a", "BTC-PERP", 0.5, 60000.0, 10.0, "cross", None, 1)
@@ -15,6 +16,7 @@ an evicted account comes back the next time it sends a position or account event
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 
 class Pos:
@@ -63,12 +65,14 @@ class AccountState:
 
 
 class AccountBook:
-    __slots__ = ("accounts", "max_accounts", "evicted")
+    __slots__ = ("accounts", "max_accounts", "evicted", "on_evict")
 
-    def __init__(self, max_accounts: int = 2_000_000) -> None:
+    def __init__(self, max_accounts: int = 2_000_000,
+                 on_evict: Callable[[AccountState], None] | None = None) -> None:
         self.accounts: OrderedDict[str, AccountState] = OrderedDict()
         self.max_accounts = max_accounts
         self.evicted = 0
+        self.on_evict = on_evict
 
     def _touch(self, account: str) -> AccountState:
         accounts = self.accounts
@@ -76,8 +80,10 @@ class AccountBook:
         if st is None:
             st = accounts[account] = AccountState()
             if len(accounts) > self.max_accounts:
-                accounts.popitem(last=False)
+                _, gone = accounts.popitem(last=False)
                 self.evicted += 1
+                if self.on_evict is not None:
+                    self.on_evict(gone)
         else:
             accounts.move_to_end(account)
         return st

@@ -1,0 +1,261 @@
+"""The exposure graph: which symbols stress can travel between, kept online on event time.
+
+Symbols are nodes. Three kinds of edge, each with its own evidence:
+
+- **returns**: the EW correlation of sampled mark log-returns (``return_interval`` apart,
+  half-life ``corr_halflife``); an edge once both symbols have ``corr_min_samples``
+  returns in common and |rho| >= ``min_return_corr``. One numpy matrix over at most
+  ``max_corr_symbols`` symbols (first come; a symbol without a new mark for 30 samples
+  gives its slot up).
+- **collateral**: accounts holding *cross* positions in both symbols share one pool of
+  margin, so forced selling in one drains the other. Weight = sum over accounts of the
+  smaller of the two entry notionals; an edge when that is >= ``min_collateral_share`` of
+  the smaller symbol's total cross notional. Kept incrementally from position events
+  (O(positions of the account)), and an account evicted from the LRU takes its weight
+  with it.
+- **forced flow**: a liquidation in B within ``forced_flow_window`` after one in A counts
+  once for A->B; counts decay with half-life ``forced_flow_halflife``; an edge when the
+  decayed count in either direction is >= ``min_forced_flow``.
+
+Pure, synchronous, picklable (it rides in the checkpoint with the rest of the state).
+Per event it does dict updates only; the correlation matrix is updated at samples.
+Bounded: at most ``max_corr_symbols`` slots, ``max_edges`` collateral and flow edges
+each (past that the weakest tenth is dropped).
+
+>>> g = ExposureGraph(min_collateral_share=0.2)
+>>> g.collateral_delta("BTC", "ETH", 50_000.0)
+>>> g.cross_notional.update(BTC=100_000.0, ETH=200_000.0)
+>>> g.neighbours("BTC", now=0)
+{'ETH': 'shared cross collateral 50% of notional'}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from monitor.state.accounts import AccountState, Pos
+
+STALE_SAMPLES = 30  # a slot whose symbol has not moved for this many samples can be reused
+
+
+class ExposureGraph:
+    def __init__(self, *, return_interval_ms: int = 5_000, corr_halflife_ms: int = 900_000,
+                 min_return_corr: float = 0.6, corr_min_samples: int = 60, max_corr_symbols: int = 256,
+                 min_collateral_share: float = 0.2, forced_flow_window_ms: int = 60_000,
+                 forced_flow_halflife_ms: int = 1_800_000, min_forced_flow: float = 3.0,
+                 max_edges: int = 200_000) -> None:
+        self.configure(return_interval_ms=return_interval_ms, corr_halflife_ms=corr_halflife_ms,
+                       min_return_corr=min_return_corr, corr_min_samples=corr_min_samples,
+                       min_collateral_share=min_collateral_share, forced_flow_window_ms=forced_flow_window_ms,
+                       forced_flow_halflife_ms=forced_flow_halflife_ms, min_forced_flow=min_forced_flow,
+                       max_edges=max_edges)
+        self.cap = max_corr_symbols
+        # returns
+        self.slots: dict[str, int] = {}
+        self.names: list[str | None] = [None] * self.cap
+        self.prev_mark = np.full(self.cap, np.nan)
+        self.idle = np.zeros(self.cap, dtype=np.int64)  # samples since the mark last moved
+        self.mean = np.zeros(self.cap)
+        self.cov = np.zeros((self.cap, self.cap))
+        self.count = np.zeros((self.cap, self.cap), dtype=np.int32)
+        self.next_sample = 0
+        self.unslotted = 0  # symbols refused a slot (all taken, none stale)
+        # collateral
+        self.collateral: dict[str, dict[str, float]] = {}
+        self.cross_notional: dict[str, float] = {}
+        self.collateral_edges = 0
+        # forced flow
+        self.last_liquidation: dict[str, int] = {}
+        self.flow: dict[tuple[str, str], tuple[float, int]] = {}  # (from, to) -> (count, ts of count)
+        self.dropped_edges = 0
+
+    def configure(self, *, return_interval_ms: int, corr_halflife_ms: int, min_return_corr: float,
+                  corr_min_samples: int, min_collateral_share: float, forced_flow_window_ms: int,
+                  forced_flow_halflife_ms: int, min_forced_flow: float, max_edges: int) -> None:
+        """Thresholds and rates, applied at construction and again to a restored checkpoint."""
+        self.return_interval_ms = return_interval_ms
+        self.alpha = 1.0 - 0.5 ** (return_interval_ms / corr_halflife_ms)
+        self.min_return_corr = min_return_corr
+        self.corr_min_samples = corr_min_samples
+        self.min_collateral_share = min_collateral_share
+        self.forced_flow_window_ms = forced_flow_window_ms
+        self.flow_decay_per_ms = math.log(2) / forced_flow_halflife_ms
+        self.min_forced_flow = min_forced_flow
+        self.max_edges = max_edges
+
+    # -- returns ---------------------------------------------------------------------------
+    def sample(self, now: int, marks: dict) -> None:
+        """At most once per ``return_interval``: one log-return per symbol, one EW update."""
+        if now < self.next_sample:
+            return
+        self.next_sample = now - now % self.return_interval_ms + self.return_interval_ms
+        ret = np.zeros(self.cap)
+        valid = np.zeros(self.cap, dtype=bool)
+        for symbol, m in marks.items():
+            # The tick fires on the first event at or past ``now``: a mark stamped ``now`` is
+            # the future for the symbols whose marks at ``now`` have not arrived yet.
+            mark = m.mark if m.ts < now else m.prev_mark
+            if mark is None:
+                continue
+            i = self.slots.get(symbol)
+            if i is None:
+                i = self._slot(symbol)
+                if i is None:
+                    continue
+            prev = self.prev_mark[i]
+            if prev == prev:  # not NaN
+                ret[i] = math.log(mark / prev)
+                valid[i] = True
+                self.idle[i] = 0 if mark != prev else self.idle[i] + 1
+            self.prev_mark[i] = mark
+        if valid.sum() < 2:
+            return
+        a = self.alpha
+        diff = np.where(valid, ret - self.mean, 0.0)
+        self.mean += a * diff
+        both = np.outer(valid, valid)
+        self.cov = np.where(both, (1.0 - a) * (self.cov + a * np.outer(diff, diff)), self.cov)
+        self.count += both
+
+    def _slot(self, symbol: str) -> int | None:
+        free = next((i for i, n in enumerate(self.names) if n is None), None)
+        if free is None:
+            stale = int(np.argmax(self.idle))
+            if self.idle[stale] < STALE_SAMPLES:
+                self.unslotted += 1
+                return None
+            del self.slots[self.names[stale]]
+            free = stale
+        self.names[free] = symbol
+        self.slots[symbol] = free
+        self.prev_mark[free] = np.nan
+        self.idle[free] = 0
+        self.mean[free] = 0.0
+        self.cov[free, :] = self.cov[:, free] = 0.0
+        self.count[free, :] = self.count[:, free] = 0
+        return free
+
+    def correlation(self, a: str, b: str) -> float | None:
+        """EW correlation of the two symbols' returns, None until warm or without variance."""
+        i, j = self.slots.get(a), self.slots.get(b)
+        if i is None or j is None or self.count[i, j] < self.corr_min_samples:
+            return None
+        den = math.sqrt(self.cov[i, i] * self.cov[j, j])
+        return float(self.cov[i, j] / den) if den > 0 else None
+
+    # -- collateral ------------------------------------------------------------------------
+    def on_position(self, st: AccountState, symbol: str, prev: Pos | None) -> None:
+        """An account's position in ``symbol`` changed from ``prev`` to what ``st`` now holds."""
+        old = prev.notional() if prev is not None and not prev.isolated else 0.0
+        cur = st.positions.get(symbol)
+        new = cur.notional() if cur is not None and not cur.isolated else 0.0
+        if old == new:
+            return
+        self.cross_notional[symbol] = max(self.cross_notional.get(symbol, 0.0) + new - old, 0.0)
+        for other, p in st.positions.items():
+            if other != symbol and not p.isolated:
+                n = p.notional()
+                self.collateral_delta(symbol, other, min(new, n) - min(old, n))
+
+    def forget_account(self, st: AccountState) -> None:
+        """The account left the LRU: its positions stop linking symbols."""
+        cross = [(s, p.notional()) for s, p in st.positions.items() if not p.isolated]
+        for k, (s, n) in enumerate(cross):
+            self.cross_notional[s] = max(self.cross_notional.get(s, 0.0) - n, 0.0)
+            for t, m in cross[k + 1:]:
+                self.collateral_delta(s, t, -min(n, m))
+
+    def collateral_delta(self, a: str, b: str, delta: float) -> None:
+        if not delta:
+            return
+        for x, y in ((a, b), (b, a)):
+            row = self.collateral.setdefault(x, {})
+            w = row.get(y, 0.0) + delta
+            if w > 1e-6:
+                if y not in row:
+                    self.collateral_edges += 1
+                row[y] = w
+            elif row.pop(y, None) is not None:
+                self.collateral_edges -= 1
+        if self.collateral_edges > 2 * self.max_edges:
+            self._prune_collateral()
+
+    def _prune_collateral(self) -> None:
+        weights = sorted(w for row in self.collateral.values() for w in row.values())
+        cut = weights[len(weights) // 10]
+        for row in self.collateral.values():
+            for y in [y for y, w in row.items() if w <= cut]:
+                del row[y]
+                self.collateral_edges -= 1
+                self.dropped_edges += 1
+
+    def collateral_share(self, a: str, b: str) -> float:
+        w = self.collateral.get(a, {}).get(b, 0.0)
+        base = min(self.cross_notional.get(a, 0.0), self.cross_notional.get(b, 0.0))
+        return w / base if base > 0 else 0.0
+
+    # -- forced flow -----------------------------------------------------------------------
+    def on_liquidation(self, symbol: str, ts: int) -> None:
+        window = self.forced_flow_window_ms
+        for other, t in list(self.last_liquidation.items()):
+            if ts - t > window:
+                del self.last_liquidation[other]
+            elif other != symbol:
+                self.flow[(other, symbol)] = (self._flow(other, symbol, ts) + 1.0, ts)
+        self.last_liquidation[symbol] = ts
+        if len(self.flow) > self.max_edges:
+            for key in sorted(self.flow, key=lambda k: self._flow(*k, ts))[:len(self.flow) // 10]:
+                del self.flow[key]
+                self.dropped_edges += 1
+
+    def _flow(self, a: str, b: str, now: int) -> float:
+        count, ts = self.flow.get((a, b), (0.0, now))
+        return count * math.exp(-self.flow_decay_per_ms * max(now - ts, 0))
+
+    def forced_flow(self, a: str, b: str, now: int) -> float:
+        """Decayed count of liquidation chains between the two symbols, either way."""
+        return max(self._flow(a, b, now), self._flow(b, a, now))
+
+    # -- the question the correlator asks --------------------------------------------------
+    def neighbours(self, symbol: str, now: int, among: Iterable[str] | None = None) -> dict[str, str]:
+        """Symbols linked to ``symbol`` now, each with the strongest evidence in words."""
+        candidates = set(among) if among is not None else (
+            set(self.collateral.get(symbol, ())) | {b for a, b in self.flow if a == symbol}
+            | {a for a, b in self.flow if b == symbol} | set(self.slots))
+        candidates.discard(symbol)
+        out: dict[str, str] = {}
+        for other in sorted(candidates):
+            share = self.collateral_share(symbol, other)
+            if share >= self.min_collateral_share:
+                out[other] = f"shared cross collateral {share:.0%} of notional"
+                continue
+            flow = self.forced_flow(symbol, other, now)
+            if flow >= self.min_forced_flow:
+                out[other] = f"forced flow: {flow:.1f} liquidation chains"
+                continue
+            rho = self.correlation(symbol, other)
+            if rho is not None and abs(rho) >= self.min_return_corr:
+                out[other] = f"returns correlated (rho {rho:.2f})"
+        return out
+
+    def edges(self, now: int) -> list[dict]:
+        """Every live edge, for status and review (sorted, one entry per pair and kind)."""
+        out = []
+        names = sorted(self.slots)
+        for k, a in enumerate(names):
+            for b in names[k + 1:]:
+                rho = self.correlation(a, b)
+                if rho is not None and abs(rho) >= self.min_return_corr:
+                    out.append({"a": a, "b": b, "kind": "returns", "weight": round(rho, 3)})
+        for a, row in sorted(self.collateral.items()):
+            for b in sorted(row):
+                if a < b and (share := self.collateral_share(a, b)) >= self.min_collateral_share:
+                    out.append({"a": a, "b": b, "kind": "collateral", "weight": round(share, 3)})
+        for (a, b) in sorted(self.flow):
+            if (f := self._flow(a, b, now)) >= self.min_forced_flow:
+                out.append({"a": a, "b": b, "kind": "forced_flow", "weight": round(f, 2)})
+        return out
