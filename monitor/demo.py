@@ -1,14 +1,19 @@
 """``perpwatch demo``: the built-in exchange simulator feeding the real daemon.
 
-Both run in one process on 127.0.0.1: the simulator serves the native protocol over a
-websocket, the daemon connects to it like to any exchange, and every anomaly is stored
-and printed as it is found. The demo's config file is written beside its store, so the
-ordinary CLI can query the run afterwards.
+Three parties run in one process on 127.0.0.1: the simulator serves the native protocol
+over a websocket, the daemon connects to it like to any exchange, and a webhook receiver
+(the risk team's side) gets the signed incident notifications and checks every
+signature. The live view shows the stream, the anomalies as they are stored, the
+incidents as the receiver hears them, and the ground truth the simulator injects; the
+summary scores the run against that truth. The demo's config file is written beside its
+store, so the ordinary CLI can query the run afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -24,9 +29,12 @@ from monitor.config import load
 from monitor.daemon import Daemon
 from monitor.events import Anomaly
 from monitor.simulate.scenarios import build
+from monitor.simulate.receiver import WebhookReceiver
+from monitor.store import Store
 from monitor.simulate.server import FeedServer
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+SECRET_ENV = "PERPWATCH_DEMO_HOOK_SECRET"
 
 
 class ConsoleSink:
@@ -60,7 +68,7 @@ class ConsoleSink:
         return t
 
 
-def write_demo_config(workdir: Path, feed_url: str) -> Path:
+def write_demo_config(workdir: Path, feed_url: str, hook_url: str) -> Path:
     path = workdir / "demo.toml"
     path.write_text(f"""# written by `perpwatch demo`
 [[sources]]
@@ -70,6 +78,18 @@ format = "perpwatch"
 
 [store]
 path = "{workdir / 'perpwatch.db'}"
+
+[[alerts.receivers]]
+name = "demo-hook"
+kind = "webhook"
+url = "{hook_url}"
+secret_env = "{SECRET_ENV}"
+
+[[alerts.routes]]
+receiver = "demo-hook"
+min_severity = "info"
+group_wait = "0s"
+group_interval = "2s"
 
 [metrics]
 enabled = false
@@ -89,34 +109,56 @@ async def run_demo(duration: float, speed: float, seed: int, symbols: int, accou
                            accounts=accounts, start_ts=int(time.time() * 1000))
     server = FeedServer(market, speed=speed)
     await server.start()
-    cfg_path = write_demo_config(workdir, server.url)
+    secret = os.environ.setdefault(SECRET_ENV, secrets.token_hex(16))
+    receiver = WebhookReceiver(secret.encode())
+    await receiver.start()
+    cfg_path = write_demo_config(workdir, server.url, receiver.url)
     cfg = load(cfg_path)
     logs.configure(cfg.logging.level, cfg.logging.format)
     sink = ConsoleSink()
     daemon = Daemon(cfg, sinks=[sink])
     console.rule("[bold]perpwatch demo")
     console.print(f"simulated exchange at {server.url}: scenario {scenario!r}, {symbols} symbols, "
-                  f"{accounts:,} accounts, x{speed:g} speed, seed {seed}; store {cfg.store.path}")
+                  f"{accounts:,} accounts, x{speed:g} speed, seed {seed}; store {cfg.store.path}; "
+                  f"signed webhooks to {receiver.url}")
     loop = asyncio.get_running_loop()
     stopper = loop.call_later(duration, daemon.request_stop)
     t0 = time.monotonic()
     run = asyncio.create_task(daemon.run())
     try:
-        with Live(view(daemon, server, sink, labels, t0), console=console, refresh_per_second=4,
+        with Live(view(daemon, server, sink, receiver, labels, t0), console=console, refresh_per_second=4,
                   transient=False) as live:
             while not run.done():
                 await asyncio.wait([run], timeout=0.5)
-                live.update(view(daemon, server, sink, labels, t0))
+                live.update(view(daemon, server, sink, receiver, labels, t0))
         code = run.result()
     finally:
         stopper.cancel()
         await server.stop()
-    console.print(summary_table(daemon, server, sink, time.monotonic() - t0))
-    console.print(f"\nquery this run:  perpwatch anomalies --config {cfg_path}")
+        await receiver.stop()
+    console.print(summary_table(daemon, server, sink, receiver, time.monotonic() - t0))
+    console.print(truth_table(daemon, labels))
+    console.print(f"\nquery this run:  perpwatch anomalies --config {cfg_path}\n"
+                  f"                 perpwatch incidents --config {cfg_path}")
     return code
 
 
-def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, labels, t0: float) -> Group:
+def incidents_table(receiver: WebhookReceiver, t0: float, keep: int = 8) -> Table:
+    t = Table(expand=True, title=f"incidents heard at {receiver.url} ({receiver.verified} signed POSTs verified, "
+                                 f"{receiver.rejected} rejected)", title_justify="left")
+    for col, kw in (("heard", {"no_wrap": True}), ("incident", {"no_wrap": True}), ("severity", {}),
+                    ("anomalies", {}), ("posts", {}), ("title", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True})):
+        t.add_column(col, **kw)
+    heard = sorted(receiver.incidents.items(), key=lambda kv: kv[1].last_wall, reverse=True)[:keep]
+    for incident_id, h in heard:
+        sev = h.payload.get("severity", "")
+        t.add_row(f"+{h.first_wall - t0:,.1f} s", incident_id, f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]",
+                  str(len(h.payload.get("anomalies", []))), str(h.posts), str(h.payload.get("title", "")))
+    return t
+
+
+def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receiver: WebhookReceiver, labels,
+         t0: float) -> Group:
     elapsed = max(time.monotonic() - t0, 1e-9)
     events = sum(daemon.pipeline.counts.values())
     now = daemon.pipeline.clock.now
@@ -137,11 +179,12 @@ def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, labels, t0: floa
         injected.add_row("[green]●[/]" if started else "[dim]○[/]",
                          f"+{(lb.start_ts - daemon.pipeline.clock.first) / 1000:,.0f} s" if now else "",
                          what if started else f"[dim]{what}[/]")
-    return Group(Panel(stats, title="perpwatch"), sink.table(),
+    return Group(Panel(stats, title="perpwatch"), sink.table(), incidents_table(receiver, t0),
                  Panel(injected, title="what the simulator injects (ground truth)"))
 
 
-def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, elapsed: float) -> Table:
+def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receiver: WebhookReceiver,
+                  elapsed: float) -> Table:
     events = sum(daemon.pipeline.counts.values())
     t = Table(title="demo summary", show_header=False)
     t.add_row("wall time", f"{elapsed:.1f} s")
@@ -150,4 +193,49 @@ def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, elapsed
     t.add_row("symbols / accounts", f"{len(daemon.pipeline.state.marks)} / {len(daemon.pipeline.state.accounts):,}")
     t.add_row("messages the simulator dropped", str(server.market.dropped))
     t.add_row("anomalies", ", ".join(f"{k} {v}" for k, v in sink.kinds.most_common()) or "none")
+    critical = sum(1 for h in receiver.incidents.values() if h.payload.get("severity") == "critical")
+    t.add_row("incidents at the webhook", f"{len(receiver.incidents)} ({critical} critical), {receiver.posts} POSTs, "
+                                          f"{receiver.verified} signatures verified, {receiver.rejected} rejected")
+    return t
+
+
+def truth_table(daemon: Daemon, labels) -> Table:
+    """Each injected stress that has played out, and whether (and how early) it was flagged."""
+    from monitor.evaluate import GRACE_MS, LEAD_WINDOW_MS, MATCH
+
+    now = daemon.pipeline.clock.now
+    store = Store.reader(daemon.cfg.store.path)
+    try:
+        found = store.anomalies(limit=None)
+    finally:
+        store.close()
+    t = Table(title="ground truth vs what perpwatch flagged (event time)")
+    for col in ("injected", "symbol", "flagged", "how"):
+        t.add_column(col)
+    for lb in labels:
+        if lb.kind == "benign_surge":
+            if lb.start_ts <= now:
+                hits = [a for a in found if lb.start_ts <= a["ts"] <= lb.end_ts + GRACE_MS
+                        and a["kind"] not in ("feed_gap", "feed_stale")]
+                t.add_row("benign surge", "all", "[green]silent[/]" if not hits else f"[red]{len(hits)} alerts[/]",
+                          "must stay silent")
+            continue
+        if lb.kind == "cascade":
+            fl = lb.first_liquidation_ts
+            if fl is None or fl > now:
+                continue
+            before = [a for a in found if a["symbol"] == lb.symbol and fl - LEAD_WINDOW_MS <= a["ts"] <= fl
+                      and a["kind"] not in ("feed_gap", "feed_stale")]
+            lead = (fl - min(a["ts"] for a in before)) / 1000 if before else None
+            t.add_row("cascade", lb.symbol or "", "[green]yes[/]" if before else "[red]no[/]",
+                      f"{lead:,.0f} s before the first forced liquidation" if lead is not None else "-")
+            continue
+        if lb.end_ts + GRACE_MS > now:
+            continue
+        kinds = MATCH.get(lb.kind, {lb.kind})
+        hits = [a for a in found if a["kind"] in kinds and a["symbol"] == lb.symbol
+                and lb.start_ts <= a["ts"] <= lb.end_ts + GRACE_MS and (not lb.account or a["account"] == lb.account)]
+        how = f"{(min(a['ts'] for a in hits) - lb.start_ts) / 1000:,.1f} s after it began" if hits else "-"
+        t.add_row(lb.kind + (f" by {lb.account}" if lb.account else ""), lb.symbol or "",
+                  "[green]yes[/]" if hits else "[red]no[/]", how)
     return t

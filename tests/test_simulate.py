@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 
 import msgspec
 from websockets.asyncio.client import connect
@@ -81,5 +82,30 @@ def test_demo_runs_and_stops_cleanly(tmp_path):
                   "--dir", str(tmp_path), timeout=TIMEOUT * 3)
     assert r.returncode == 0, r.stderr
     assert "demo summary" in r.stdout
+    heard = re.search(r"(\d+) POSTs, (\d+) signatures[\s│]+verified, (\d+) rejected", r.stdout)
+    assert heard and int(heard[2]) >= 1 and heard[2] == heard[1] and heard[3] == "0", r.stdout
+    assert re.search(r"cancel_burst by \S+\s+│\s+ETH-PERP\s+│\s+yes", r.stdout), r.stdout
+    incidents = json.loads(perpwatch("incidents", "--config", str(tmp_path / "demo.toml"), "--json").stdout)
+    assert any("cancel_burst" in i["title"] for i in incidents)
     q = perpwatch("anomalies", "--config", str(tmp_path / "demo.toml"), "--json", "--kind", "cancel_burst")
     assert q.returncode == 0 and json.loads(q.stdout), (q.stderr, r.stdout)
+
+
+def test_demo_receiver_checks_signatures_and_keeps_latest_state():
+    """The demo's webhook receiver accepts only bodies signed with the shared secret and
+    keeps each incident's latest payload."""
+    from alerts.notify.webhook import sign
+    from monitor.simulate.receiver import WebhookReceiver
+
+    rx = WebhookReceiver(b"k", keep=1)
+    body = json.dumps({"incident_id": "inc-1", "severity": "warning"}).encode()
+    assert rx.receive(sign(b"k", body, 1_700_000_000), body) == 200
+    assert rx.receive(sign(b"other", body, 1_700_000_000), body) == 400
+    assert rx.receive(None, body) == 400 and rx.receive("t=1,v1=00", b"not json") == 400
+    later = json.dumps({"incident_id": "inc-1", "severity": "critical"}).encode()
+    assert rx.receive(sign(b"k", later, 1_700_000_001), later) == 200
+    assert rx.incidents["inc-1"].payload["severity"] == "critical" and rx.incidents["inc-1"].posts == 2
+    other = json.dumps({"incident_id": "inc-2"}).encode()
+    rx.receive(sign(b"k", other, 1), other)
+    assert list(rx.incidents) == ["inc-2"]  # bounded: the oldest heard-of went
+    assert (rx.posts, rx.verified, rx.rejected) == (6, 3, 3)
