@@ -77,6 +77,18 @@ class DaemonCollector:
         accounts = GaugeMetricFamily("perpwatch_accounts", "Accounts held in state.")
         accounts.add_metric([], len(d.pipeline.state.accounts))
         yield accounts
+        g = d.pipeline.state.exposure  # plain counters: safe to read from the scrape thread
+        pairs = GaugeMetricFamily("perpwatch_exposure_tracked_pairs",
+                                  "Symbol pairs the exposure graph tracks (directed), by evidence.", labels=["kind"])
+        pairs.add_metric(["collateral"], g.collateral_edges)
+        pairs.add_metric(["forced_flow"], len(g.flow))
+        corr = GaugeMetricFamily("perpwatch_exposure_corr_symbols", "Symbols in the return-correlation matrix.")
+        corr.add_metric([], len(g.slots))
+        yield from (pairs, corr)
+        refused = CounterMetricFamily("perpwatch_exposure_unslotted",
+                                      "Samples a symbol was refused a correlation slot (max_corr_symbols).")
+        refused.add_metric([], g.unslotted)
+        yield refused
         for sink in d.sinks:
             status = getattr(sink, "status", None)
             if status is None:
