@@ -149,3 +149,40 @@ def test_later_notifications_keep_the_incident_id(tmp_path):
     assert len(ids) == 1
     last = hook.payloads()[-1]
     assert [a["ts"] for a in last["anomalies"]] == [T0 + 100, T0 + 6_000]
+
+
+def test_correlated_symbols_share_one_incident_through_the_daemon(tmp_path):
+    """Fifteen minutes of co-moving marks link two symbols in the daemon's exposure graph;
+    a gap on each then lands in one incident, the timeline naming the correlation."""
+    import math
+    import random
+
+    rng, px, frames = random.Random(5), {"BTC-PERP": 60_000.0, "ETH-PERP": 3_000.0}, []
+    for s in ("BTC-PERP", "ETH-PERP"):
+        frames.append(frame({"type": "book", "symbol": s, "ts": T0, "seq": 1, "snapshot": True,
+                             "bids": [[1, 1]], "asks": [[1_000_000, 1]]}))
+    for sec in range(900):
+        f = rng.gauss(0, 1)
+        batch = []
+        for s in px:
+            px[s] *= math.exp(0.001 * (f + 0.3 * rng.gauss(0, 1)))
+            batch.append({"type": "mark", "symbol": s, "ts": T0 + sec * 1000, "mark": px[s], "index": px[s]})
+        frames.append(frame(*batch))
+    end = T0 + 900_000
+    frames += [frame({"type": "book", "symbol": "BTC-PERP", "ts": end, "seq": 5}),
+               frame({"type": "book", "symbol": "ETH-PERP", "ts": end + 1_000, "seq": 5}),
+               frame({"type": "heartbeat", "ts": end + 2_000})]
+    with Collector() as hook, ThreadedFeed(frames) as feed:
+        extra = alerts_config(hook.url, False).replace('group_wait = "0s"', 'group_wait = "0s"\ngroup_interval = "1s"')
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: any(p["symbols"] == ["BTC-PERP", "ETH-PERP"] for p in hook.payloads()),
+                     "one incident on both symbols")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert len({p["incident_id"] for p in hook.payloads()}) == 1
+    [inc] = json.loads(perpwatch("incidents", "--config", str(cfg), "--json").stdout)
+    timeline = json.loads(perpwatch("incident", inc["id"], "--config", str(cfg), "--json").stdout)["timeline"]
+    assert timeline[1]["reason"].startswith("BTC-PERP: returns correlated (rho 0.")
