@@ -1,18 +1,26 @@
 """Incidents: anomalies connected in the exposure graph within a window of event time.
 
-An anomaly joins an open incident (last seen within ``window_ms``) when they share a
-symbol or an account; when an account involved in it holds cross-margin positions in one
-of the incident's symbols (that account's collateral is at stake in both); or when its
-symbol is linked to one of the incident's symbols in the market's exposure graph
-(``monitor/state/exposure.py``: correlated returns, shared cross collateral weighted by
-notional, forced flow of liquidations from one to the other). An anomaly that connects
-two incidents merges them. The timeline records the reason each anomaly joined. Pure
-and synchronous.
+An anomaly joins an open incident (last seen within ``window_ms``) when it is connected
+to it, directly or through a link:
+
+- directly: it is on one of the incident's symbols, or names one of its accounts (the
+  anomaly's own account or its top contributors);
+- through a link, when the incident had an anomaly on the linked symbol within
+  ``link_window_ms``: an account it names holds a *cross* position in that symbol worth
+  at least ``min_account_share`` of the symbol's cross notional (its collateral backs
+  both, and its forced selling would land there); or the market's exposure graph
+  (``monitor/state/exposure.py``) links the two symbols by correlated returns, shared
+  cross collateral weighted by notional, or forced flow of liquidations.
+
+Links need a recent anomaly on the linked symbol itself, so a busy incident does not
+swallow every linked symbol for its whole life. An anomaly that connects two incidents
+merges them. The timeline records why each anomaly joined. Pure and synchronous.
 
 Severity rises with the evidence: an incident's severity is the worst of its anomalies,
 and a thin-book cluster together with a cancel burst or a leverage jump in one incident
-is a critical ``cascade_risk`` (synthesized once, with the evidence in its detail).
-Incidents resolve after ``resolve_after_ms`` of event time without a new anomaly.
+(so on one symbol or on connected ones) is a critical ``cascade_risk`` (synthesized once,
+with the evidence in its detail). Incidents resolve after ``resolve_after_ms`` of event
+time without a new anomaly.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ class Incident:
         self.last_ts = first.ts
         self.severity = first.severity
         self.symbols: set[str] = set()
+        self.symbol_ts: dict[str, int] = {}  # latest anomaly event time per symbol
         self.accounts: set[str] = set()
         self.anomalies: list[Anomaly] = []
         self.timeline: list[dict[str, Any]] = []
@@ -48,6 +57,7 @@ class Incident:
         self.severity = max_severity(self.severity, a.severity)
         if a.symbol:
             self.symbols.add(a.symbol)
+            self.symbol_ts[a.symbol] = max(self.symbol_ts.get(a.symbol, a.ts), a.ts)
         if a.account:
             self.accounts.add(a.account)
         self.kinds.add(a.kind)
@@ -64,21 +74,21 @@ class Incident:
 
 
 class Correlator:
-    def __init__(self, window_ms: int = 600_000, resolve_after_ms: int = 900_000) -> None:
+    def __init__(self, window_ms: int = 600_000, resolve_after_ms: int = 900_000, link_window_ms: int = 120_000,
+                 min_account_share: float = 0.01) -> None:
         self.window_ms = window_ms
         self.resolve_after_ms = resolve_after_ms
+        self.link_window_ms = link_window_ms
+        self.min_account_share = min_account_share
         self.open: dict[str, Incident] = {}
 
     def add(self, a: Anomaly, state: MarketState | None) -> tuple[Incident, list[Anomaly]]:
         """Place an anomaly; returns its incident and any anomaly synthesized by the rules."""
         self._resolve(a.ts)
-        symbols, accounts = self._reach(a, state)
         recent = [inc for inc in self.open.values() if a.ts - inc.last_ts <= self.window_ms]
-        links: dict[str, str] = {}
-        if state is not None and a.symbol and recent:
-            links = state.exposure.neighbours(a.symbol, a.ts, among=set().union(*(i.symbols for i in recent)))
-        joined = [inc for inc in recent
-                  if inc.symbols & symbols or inc.accounts & accounts or inc.symbols & links.keys()]
+        accounts = _accounts(a)
+        links = self._links(a, accounts, state, recent) if recent else {}
+        joined = [(inc, why) for inc in recent if (why := self._connection(inc, a, accounts, links))]
         if not joined:
             inc = Incident(a)
             self.open[inc.id] = inc
@@ -87,28 +97,47 @@ class Correlator:
                 self._close(oldest)
             inc.add(a, "opened")
         else:
-            inc = min(joined, key=lambda i: (i.opened_ts, i.id))
-            for other in joined:
+            inc, why = min(joined, key=lambda j: (j[0].opened_ts, j[0].id))
+            for other, _ in joined:
                 if other is not inc:  # the anomaly bridges two incidents: merge them
                     for b in other.anomalies:
                         inc.add(b, f"merged from {other.id}")
                     del self.open[other.id]
-            inc.add(a, _why(inc, symbols, accounts, links))
+            inc.add(a, why)
         return inc, self._rules(inc, a)
 
-    def _reach(self, a: Anomaly, state: MarketState | None) -> tuple[set[str], set[str]]:
-        """Symbols and accounts this anomaly touches, collateral links included."""
-        symbols = {a.symbol} if a.symbol else set()
-        accounts = {a.account} if a.account else set()
-        for entry in (a.detail.get("top_accounts") or [])[:5]:
-            if isinstance(entry, dict) and entry.get("account"):
-                accounts.add(str(entry["account"]))
-        if state is not None:
-            for acct in list(accounts)[:10]:
-                st = state.accounts.get(acct)
-                if st is not None:
-                    symbols.update(st.cross_symbols())
-        return symbols, accounts
+    def _connection(self, inc: Incident, a: Anomaly, accounts: set[str], links: dict[str, str]) -> str | None:
+        """Why ``a`` belongs to ``inc``, or None."""
+        if a.symbol and a.symbol in inc.symbols:
+            return f"same {a.symbol}"
+        shared = sorted(inc.accounts & accounts)
+        if shared:
+            return "same account " + ", ".join(shared[:3])
+        for symbol, text in links.items():
+            seen = inc.symbol_ts.get(symbol)
+            if seen is not None and a.ts - seen <= self.link_window_ms:
+                return f"{symbol}: {text}"
+        return None
+
+    def _links(self, a: Anomaly, accounts: set[str], state: MarketState | None,
+               recent: list[Incident]) -> dict[str, str]:
+        """Other symbols this anomaly is linked to, each with the evidence in words."""
+        if state is None:
+            return {}
+        links: dict[str, str] = {}
+        totals = state.exposure.cross_notional
+        for acct in sorted(accounts)[:10]:
+            st = state.accounts.get(acct)
+            for symbol, p in (st.positions.items() if st is not None else ()):
+                if p.isolated or symbol == a.symbol or symbol in links or not totals.get(symbol):
+                    continue
+                share = p.notional() / totals[symbol]
+                if share >= self.min_account_share:
+                    links[symbol] = f"account {acct} holds {share:.1%} of its cross notional on the same collateral"
+        if a.symbol:
+            among = set().union(*(i.symbols for i in recent)) - links.keys()
+            links.update(state.exposure.neighbours(a.symbol, a.ts, among=among))
+        return links
 
     def _rules(self, inc: Incident, a: Anomaly) -> list[Anomaly]:
         if inc.cascade or "thin_book_cluster" not in inc.kinds or not (inc.kinds & CASCADE_PARTS):
@@ -133,10 +162,11 @@ class Correlator:
         self.open.pop(inc.id, None)
 
 
-def _why(inc: Incident, symbols: set[str], accounts: set[str], links: dict[str, str]) -> str:
-    shared = sorted((inc.symbols & symbols) | (inc.accounts & accounts))
-    if shared:
-        return "same " + ", ".join(shared[:5])
-    linked = sorted(inc.symbols & links.keys())
-    return "; ".join(f"{s}: {links[s]}" for s in linked[:3]) or "connected"
+def _accounts(a: Anomaly) -> set[str]:
+    """The anomaly's account and its top contributors."""
+    accounts = {a.account} if a.account else set()
+    for entry in (a.detail.get("top_accounts") or [])[:5]:
+        if isinstance(entry, dict) and entry.get("account"):
+            accounts.add(str(entry["account"]))
+    return accounts
 

@@ -66,7 +66,7 @@ class AlertEngine:
         a = cfg.alerts
         self.routes = a.routes
         self.state = state
-        self.correlator = Correlator(a.incident_window.ms, a.resolve_after.ms)
+        self.correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share)
         self.notifiers = {r.name: make_notifier(r, i) for i, r in enumerate(a.receivers)}
         self.min_gap = {r.name: 1.0 / (r.max_per_second or (1.0 if r.kind == "slack" else 1e9))
                         for r in a.receivers}

@@ -181,6 +181,8 @@ class AlertsConfig(_Section):
     routes: list[RouteConfig] = []
     incident_window: Duration = _d("10m")  # anomalies this close in event time may join
     resolve_after: Duration = _d("15m")  # an incident quiet this long resolves
+    link_window: Duration = _d("2m")  # a link joins only an incident this recently on the linked symbol
+    min_account_share: float = 0.01  # an account links a symbol when it holds this much of its cross notional
     exposure: ExposureConfig = msgspec.field(default_factory=ExposureConfig)
 
 
@@ -296,6 +298,9 @@ def validate(cfg: Config) -> None:
             _check_url(f"{k}.url", r.url, ("http", "https"))
         if r.secret_env is not None and r.secret_file is not None:
             raise ConfigError(f"{k}.secret_env", "set at most one of secret_env, secret_file")
+    _positive("alerts.link_window", cfg.alerts.link_window.ms)
+    if not 0 < cfg.alerts.min_account_share <= 1:
+        raise ConfigError("alerts.min_account_share", f"must be within (0, 1], got {cfg.alerts.min_account_share}")
     x = cfg.alerts.exposure
     for name in ("return_interval", "corr_halflife", "forced_flow_window", "forced_flow_halflife"):
         _positive(f"alerts.exposure.{name}", getattr(x, name).ms)

@@ -16,7 +16,7 @@ from alerts.notify.webhook import WebhookNotifier, sign
 from alerts.outbox import Outbox
 from alerts.route import RouteState, decide, matches
 from monitor.config import parse
-from monitor.events import Anomaly
+from monitor.events import Anomaly, Position
 from monitor.state import MarketState
 from tests.support import T0
 
@@ -36,15 +36,43 @@ def test_same_symbol_joins_other_symbol_does_not():
     assert [t["kind"] for t in i1.timeline] == ["cancel_burst", "feed_gap"]
 
 
+def hold(state, account, symbol, size, mode="cross"):
+    state.apply(Position(account=account, symbol=symbol, ts=T0, size=size, entry_price=100.0, leverage=10.0,
+                         margin_mode=mode))
+
+
 def test_shared_collateral_links_symbols():
-    """An account holding cross positions in two symbols links their anomalies."""
+    """An account holding a material cross position in the incident's symbol links its
+    anomaly there, and the timeline says so."""
     state = MarketState()
-    state.accounts.position("a-1", "BTC", 1.0, 100.0, 10.0, "cross", None, T0)
-    state.accounts.position("a-1", "ETH", 1.0, 100.0, 10.0, "cross", None, T0)
+    hold(state, "a-1", "BTC", 1.0)
+    hold(state, "a-1", "ETH", 1.0)
+    hold(state, "a-2", "ETH", 9.0)  # a-1 holds 10% of ETH's cross notional
     c = Correlator()
     i1, _ = c.add(anomaly("thin_book_cluster", 0, "ETH"), state)
     i2, synth = c.add(anomaly("leverage_jump", 5_000, "BTC", account="a-1"), state)
     assert i1 is i2 and i1.symbols == {"BTC", "ETH"}
+    assert i1.timeline[1]["reason"] == "ETH: account a-1 holds 10.0% of its cross notional on the same collateral"
+
+
+def test_links_need_material_exposure_and_a_recent_anomaly_on_the_linked_symbol():
+    """A small account's other position does not link; nor does an edge to a symbol the
+    incident last saw longer than link_window ago (a busy incident does not swallow it)."""
+    state = MarketState()
+    hold(state, "small", "BTC", 1.0)
+    hold(state, "small", "ETH", 1.0)
+    hold(state, "btc-only", "BTC", 1000.0)  # so the graph's BTC-ETH collateral edge is weak too
+    hold(state, "whale", "ETH", 500.0)
+    hold(state, "big", "SOL", 1.0)
+    hold(state, "big", "ETH", 100.0)
+    c = Correlator(window_ms=600_000, link_window_ms=120_000, min_account_share=0.01)
+    first, _ = c.add(anomaly("thin_book_cluster", 0, "ETH"), state)
+    small, _ = c.add(anomaly("leverage_jump", 1_000, "BTC", account="small"), state)  # 0.2% of ETH
+    whale, _ = c.add(anomaly("cancel_burst", 100_000, "XRP", account="whale"), state)  # 83% of ETH, 100 s
+    c.add(anomaly("cancel_burst", 200_000, "XRP"), state)  # keeps the incident busy on XRP
+    late, _ = c.add(anomaly("leverage_jump", 300_000, "SOL", account="big"), state)  # ETH last seen 300 s ago
+    assert small is not first and whale is first and late is not first
+    assert first.symbols == {"ETH", "XRP"}
 
 
 def test_cascade_rule_escalates_to_critical_once():
