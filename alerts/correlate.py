@@ -26,12 +26,15 @@ time without a new anomaly.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import Any
 
 from monitor.events import Anomaly, max_severity
 from monitor.state import MarketState
 
-MAX_ANOMALIES = 200  # kept per incident (the timeline keeps counting)
+MAX_ANOMALIES = 200  # the latest kept per incident (the timeline keeps counting)
+MAX_ACCOUNTS = 1_000  # the latest accounts kept per incident (joins and payload)
+TIMELINE_HEAD, TIMELINE_MAX = 50, 500  # the opening story and the latest entries; the middle is counted
 MAX_OPEN = 10_000  # open incidents; beyond it the oldest is resolved early
 CASCADE_PARTS = {"cancel_burst", "leverage_jump"}
 
@@ -44,9 +47,10 @@ class Incident:
         self.severity = first.severity
         self.symbols: set[str] = set()
         self.symbol_ts: dict[str, int] = {}  # latest anomaly event time per symbol
-        self.accounts: set[str] = set()
+        self.accounts: dict[str, None] = {}  # insertion-ordered set: the oldest goes first
         self.anomalies: list[Anomaly] = []
         self.timeline: list[dict[str, Any]] = []
+        self.timeline_elided = 0
         self.kinds: set[str] = set()
         self.version = 0
         self.status = "firing"
@@ -59,13 +63,27 @@ class Incident:
             self.symbols.add(a.symbol)
             self.symbol_ts[a.symbol] = max(self.symbol_ts.get(a.symbol, a.ts), a.ts)
         if a.account:
-            self.accounts.add(a.account)
+            self.accounts.pop(a.account, None)
+            self.accounts[a.account] = None
+            if len(self.accounts) > MAX_ACCOUNTS:
+                del self.accounts[next(iter(self.accounts))]
         self.kinds.add(a.kind)
         self.anomalies.append(a)
         del self.anomalies[:-MAX_ANOMALIES]
         self.timeline.append({"ts": a.ts, "anomaly_id": a.id, "kind": a.kind, "severity": a.severity,
                               "symbol": a.symbol, "account": a.account, "reason": reason})
+        if len(self.timeline) > TIMELINE_MAX:
+            del self.timeline[TIMELINE_HEAD]
+            self.timeline_elided += 1
         self.version += 1
+
+    def timeline_view(self) -> list[dict[str, Any]]:
+        """The timeline to store and show: elided entries are marked where they were."""
+        if not self.timeline_elided:
+            return self.timeline
+        mark = {"ts": self.timeline[TIMELINE_HEAD]["ts"], "anomaly_id": None, "kind": "elided", "severity": "info",
+                "symbol": None, "account": None, "reason": f"{self.timeline_elided} entries elided"}
+        return self.timeline[:TIMELINE_HEAD] + [mark] + self.timeline[TIMELINE_HEAD:]
 
     def title(self) -> str:
         kinds = ", ".join(sorted(self.kinds))
@@ -81,10 +99,11 @@ class Correlator:
         self.link_window_ms = link_window_ms
         self.min_account_share = min_account_share
         self.open: dict[str, Incident] = {}
+        self.closed: deque[Incident] = deque(maxlen=MAX_OPEN)  # resolved, not yet taken by the store
 
     def add(self, a: Anomaly, state: MarketState | None) -> tuple[Incident, list[Anomaly]]:
         """Place an anomaly; returns its incident and any anomaly synthesized by the rules."""
-        self._resolve(a.ts)
+        self.resolve(a.ts)
         recent = [inc for inc in self.open.values() if a.ts - inc.last_ts <= self.window_ms]
         accounts = _accounts(a)
         links = self._links(a, accounts, state, recent) if recent else {}
@@ -103,6 +122,8 @@ class Correlator:
                     for b in other.anomalies:
                         inc.add(b, f"merged from {other.id}")
                     del self.open[other.id]
+                    other.status = "merged"
+                    self.closed.append(other)
             inc.add(a, why)
         return inc, self._rules(inc, a)
 
@@ -110,7 +131,7 @@ class Correlator:
         """Why ``a`` belongs to ``inc``, or None."""
         if a.symbol and a.symbol in inc.symbols:
             return f"same {a.symbol}"
-        shared = sorted(inc.accounts & accounts)
+        shared = sorted(inc.accounts.keys() & accounts)
         if shared:
             return "same account " + ", ".join(shared[:3])
         for symbol, text in links.items():
@@ -153,13 +174,21 @@ class Correlator:
         inc.add(risk, "rule: cascade risk")
         return [risk]
 
-    def _resolve(self, now: int) -> None:
+    def resolve(self, now: int) -> None:
+        """Close the incidents quiet for ``resolve_after_ms`` of event time at ``now``."""
         for inc in [i for i in self.open.values() if now - i.last_ts > self.resolve_after_ms]:
             self._close(inc)
 
+    def take_closed(self) -> list[Incident]:
+        """Incidents resolved since the last call (the engine stores their final state)."""
+        out = list(self.closed)
+        self.closed.clear()
+        return out
+
     def _close(self, inc: Incident) -> None:
         inc.status = "resolved"
-        self.open.pop(inc.id, None)
+        if self.open.pop(inc.id, None) is not None:
+            self.closed.append(inc)
 
 
 def _accounts(a: Anomaly) -> set[str]:

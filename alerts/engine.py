@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import structlog
@@ -62,10 +62,12 @@ def payload(inc: Incident) -> bytes:
 
 
 class AlertEngine:
-    def __init__(self, cfg: Config, state: MarketState | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: Config, state: MarketState | None = None, rng: random.Random | None = None,
+                 event_now: Callable[[], int] | None = None) -> None:
         a = cfg.alerts
         self.routes = a.routes
         self.state = state
+        self.event_now = event_now  # the pipeline's event time: quiet incidents resolve on it
         self.correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share)
         self.notifiers = {r.name: make_notifier(r, i) for i, r in enumerate(a.receivers)}
         self.min_gap = {r.name: 1.0 / (r.max_per_second or (1.0 if r.kind == "slack" else 1e9))
@@ -100,13 +102,14 @@ class AlertEngine:
             extra.extend(synthesized)
         if extra:
             await asyncio.to_thread(self.store.write_anomalies, extra)
-        await asyncio.to_thread(self.incidents.upsert, list(changed.values()))
+        await asyncio.to_thread(self.incidents.upsert, list(changed.values()) + self.correlator.take_closed())
         await self._route(time.time())
 
     async def drain(self, deadline: float) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._resolve_quiet()
         await self._route(time.time())
         loop = asyncio.get_running_loop()
         while loop.time() < deadline - 0.2:
@@ -167,9 +170,17 @@ class AlertEngine:
             self.outbox.enqueue(receiver, incident_id, body)
 
     async def _timers_forever(self) -> None:
-        while True:  # group_wait and repeat_interval fire without new anomalies
+        while True:  # group_wait and repeat_interval fire without new anomalies; quiet incidents resolve
             await asyncio.sleep(0.5)
+            await self._resolve_quiet()
             await self._route(time.time())
+
+    async def _resolve_quiet(self) -> None:
+        if self.event_now is not None and (now := self.event_now()):
+            self.correlator.resolve(now)
+        closed = self.correlator.take_closed()
+        if closed:
+            await asyncio.to_thread(self.incidents.upsert, closed)
 
     # -- delivery ---------------------------------------------------------------------------
     async def _deliver_forever(self) -> None:

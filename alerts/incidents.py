@@ -41,7 +41,7 @@ class IncidentTable:
 
     def upsert(self, incidents: list[Incident]) -> None:
         rows = [(i.id, i.opened_ts, i.last_ts, i.severity, i.status, i.title(), _encode(sorted(i.symbols)).decode(),
-                 _encode(sorted(i.accounts)).decode(), _encode(i.timeline[-500:]).decode(), time.time())
+                 _encode(sorted(i.accounts)).decode(), _encode(i.timeline_view()).decode(), time.time())
                 for i in incidents]
         with self._lock:
             self.db.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

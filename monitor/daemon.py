@@ -84,7 +84,7 @@ class Daemon:
         if cfg.alerts.receivers:
             from alerts.engine import AlertEngine
 
-            self.sinks.append(AlertEngine(cfg, self.pipeline.state))
+            self.sinks.append(AlertEngine(cfg, self.pipeline.state, event_now=lambda: self.pipeline.clock.now))
         self.anomalies_total = 0
         self.anomaly_kinds: Counter[str] = Counter()
         self.loop_lag_s = 0.0

@@ -186,3 +186,39 @@ def test_silences_match_and_mute_only_fully_covered_incidents(tmp_path):
     assert not muted([anomaly("cancel_burst", 0, "BTC-PERP")], silences, 1001.0)
     assert not muted([doge], silences, 5000.0)  # past its end
     assert table.expire(s.id, now=1002.0) and table.all(now=1003.0) == []
+
+
+def test_resolved_and_merged_incidents_are_handed_over_once(tmp_path):
+    """Quiet incidents resolve on event time and merged ones close as merged; the store
+    gets their final status, once."""
+    from alerts.incidents import IncidentTable
+
+    c = Correlator(window_ms=600_000, resolve_after_ms=60_000)
+    btc, _ = c.add(anomaly("cancel_burst", 0, "BTC"), None)
+    eth, _ = c.add(anomaly("cancel_burst", 1_000, "ETH", account="a-1"), None)
+    both, _ = c.add(anomaly("leverage_jump", 2_000, "BTC", account="a-1"), None)  # bridges the two
+    assert both is btc and eth.status == "merged" and c.take_closed() == [eth]
+    c.resolve(T0 + 30_000)
+    assert c.take_closed() == []
+    c.resolve(T0 + 63_000)
+    assert [i.id for i in c.take_closed()] == [btc.id] and btc.status == "resolved" and c.open == {}
+    table = IncidentTable(tmp_path / "pw.db")
+    table.upsert([btc, eth])
+    assert {r["id"]: r["status"] for r in table.list()} == {btc.id: "resolved", eth.id: "merged"}
+
+
+def test_an_incident_keeps_bounded_accounts_and_timeline():
+    """A long incident keeps the latest accounts and anomalies, the opening of its timeline
+    and its latest entries, and says how many it elided."""
+    from alerts.correlate import MAX_ACCOUNTS, MAX_ANOMALIES, TIMELINE_HEAD, TIMELINE_MAX
+
+    c = Correlator()
+    n = MAX_ACCOUNTS + 700
+    for k in range(n):
+        inc, _ = c.add(anomaly("leverage_jump", k, "BTC", account=f"a-{k}"), None)
+    assert len(inc.accounts) == MAX_ACCOUNTS and f"a-{n - 1}" in inc.accounts and "a-0" not in inc.accounts
+    assert len(inc.anomalies) == MAX_ANOMALIES and inc.anomalies[-1].account == f"a-{n - 1}"
+    view = inc.timeline_view()
+    assert len(view) == TIMELINE_MAX + 1 and view[0]["reason"] == "opened"
+    assert view[TIMELINE_HEAD]["reason"] == f"{n - TIMELINE_MAX} entries elided"
+    assert view[-1]["account"] == f"a-{n - 1}"

@@ -186,3 +186,21 @@ def test_correlated_symbols_share_one_incident_through_the_daemon(tmp_path):
     [inc] = json.loads(perpwatch("incidents", "--config", str(cfg), "--json").stdout)
     timeline = json.loads(perpwatch("incident", inc["id"], "--config", str(cfg), "--json").stdout)["timeline"]
     assert timeline[1]["reason"].startswith("BTC-PERP: returns correlated (rho 0.")
+
+
+def test_quiet_incident_resolves_on_event_time_in_the_store(tmp_path):
+    """An incident quiet for resolve_after of event time (heartbeats keep it moving) is
+    stored as resolved, after its notification went out."""
+    frames = gap_frames() + [frame({"type": "heartbeat", "ts": T0 + k * 10_000}) for k in range(1, 13)]
+    with Collector() as hook, ThreadedFeed(frames) as feed:
+        extra = alerts_config(hook.url, False) + '\n[alerts]\nresolve_after = "1m"\n'
+        cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: hook.requests and [i["status"] for i in json.loads(
+                perpwatch("incidents", "--config", str(cfg), "--json").stdout)] == ["resolved"],
+                "the notification, then the incident stored as resolved")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    assert hook.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
