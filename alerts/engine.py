@@ -125,6 +125,20 @@ class AlertEngine:
         self.incidents.close()
         self.store.close()
 
+    # -- checkpoint -------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Open incidents and their routing timers: a restart keeps incident ids and does
+        not re-send what was already sent."""
+        return {"correlator": self.correlator, "routes": list(self.routes), "route_state": self._route_state}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        old = snap["correlator"]
+        c = self.correlator
+        c.open, c.closed = old.open, old.closed
+        if snap.get("routes") == list(self.routes):  # timers belong to routes by position
+            self._route_state = {k: v for k, v in snap["route_state"].items() if k[1] in c.open}
+        log.info("incidents_restored", open=len(c.open), route_timers=len(self._route_state))
+
     # -- routing ----------------------------------------------------------------------------
     async def _route(self, now: float) -> None:
         batch: list[tuple[str, str, bytes]] = []

@@ -30,7 +30,7 @@ from monitor.config import Config, ConfigError, SourceConfig, listen_address
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
 from monitor.ops import metrics
-from monitor.ops.jobs import Jobs, load_checkpoint, save_checkpoint
+from monitor.ops.jobs import Jobs, load_checkpoint, save_checkpoint, sink_snapshots
 from monitor.ops.notify import SdNotifier
 from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
@@ -75,7 +75,8 @@ class Daemon:
     def __init__(self, cfg: Config, *, sinks: list[AnomalySink] | None = None,
                  store: Store | None = None, pipeline: Pipeline | None = None) -> None:
         self.cfg = cfg
-        self.pipeline = pipeline or load_checkpoint(cfg) or build_pipeline(cfg)
+        restored = None if pipeline is not None else load_checkpoint(cfg)
+        self.pipeline = pipeline or (restored.pipeline if restored else None) or build_pipeline(cfg)
         self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
         self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
@@ -84,7 +85,10 @@ class Daemon:
         if cfg.alerts.receivers:
             from alerts.engine import AlertEngine
 
-            self.sinks.append(AlertEngine(cfg, self.pipeline.state, event_now=lambda: self.pipeline.clock.now))
+            engine = AlertEngine(cfg, self.pipeline.state, event_now=lambda: self.pipeline.clock.now)
+            if restored is not None and "AlertEngine" in restored.sinks:
+                engine.restore(restored.sinks["AlertEngine"])
+            self.sinks.append(engine)
         self.anomalies_total = 0
         self.anomaly_kinds: Counter[str] = Counter()
         self.loop_lag_s = 0.0
@@ -176,9 +180,11 @@ class Daemon:
         """Save detector state so a restart resumes warm, within what is left of the drain
         budget. Nothing mutates the pipeline any more, so a thread may pickle it; a write
         cut short leaves the previous checkpoint (the rename is atomic)."""
+        snapshots = sink_snapshots(self.sinks)
+
         def save() -> None:
             try:
-                save_checkpoint(self.cfg, self.pipeline)
+                save_checkpoint(self.cfg, self.pipeline, snapshots)
             except OSError as e:
                 log.warning("checkpoint_failed", error=str(e))
 

@@ -204,3 +204,32 @@ def test_quiet_incident_resolves_on_event_time_in_the_store(tmp_path):
             code, _, err = stop_daemon(proc)
     assert code == 0, err
     assert hook.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
+
+
+def test_a_restart_keeps_open_incidents_and_does_not_resend(tmp_path):
+    """Stopped and started again mid-incident: the next anomaly on the symbol updates the
+    same incident id, and nothing already sent is sent again."""
+    first = gap_frames()
+    second = [frame({"type": "book", "symbol": "BTC-PERP", "ts": T0 + 5_000, "seq": 1, "snapshot": True,
+                     "bids": [[100, 1]], "asks": [[101, 1]]}),
+              frame({"type": "book", "symbol": "BTC-PERP", "ts": T0 + 6_000, "seq": 9})]
+    with Collector() as hook:
+        with ThreadedFeed(first) as feed:
+            cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
+            proc = start_daemon(cfg)
+            try:
+                wait_for(lambda: hook.requests, "the first notification")
+            finally:
+                code, _, err = stop_daemon(proc)
+            assert code == 0, err
+        with ThreadedFeed(second) as feed2:
+            cfg.write_text(cfg.read_text().replace(feed.url, feed2.url))
+            proc = start_daemon(cfg)
+            try:
+                wait_for(lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "the update after restart")
+            finally:
+                code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    payloads = hook.payloads()
+    assert len({p["incident_id"] for p in payloads}) == 1
+    assert [len(p["anomalies"]) for p in payloads] == [1, 2]  # no re-send of the first state

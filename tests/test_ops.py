@@ -124,8 +124,9 @@ def test_checkpoint_survives_a_restart(tmp_path):
             code, _, err = stop_daemon(proc)
     assert code == 0, err
     assert (tmp_path / CHECKPOINT).exists()
-    pipeline = load_checkpoint(load(cfg))
-    assert pipeline is not None
+    restored = load_checkpoint(load(cfg))
+    assert restored is not None
+    pipeline = restored.pipeline
     book = pipeline.state.books["BTC-PERP"]
     assert book.gaps == 1 and not book.reliable and book.last_ts == T0 + 100
     with open(tmp_path / CHECKPOINT, "rb") as f:

@@ -4,9 +4,10 @@ and the job runs again at its next time.
 
 - retention: anomalies older than ``store.retention`` (event time) and notifications
   delivered longer ago than ``store.delivered_retention`` are deleted;
-- checkpoint: the pipeline (state, detectors, clock) is pickled atomically to
-  ``daemon.state_dir`` every ``daemon.checkpoint_interval`` and on stop; a start with a
-  checkpoint made under the same detector settings resumes warm;
+- checkpoint: the pipeline (state, detectors, clock) and the alert engine's open
+  incidents with their routing timers are pickled atomically to ``daemon.state_dir``
+  every ``daemon.checkpoint_interval`` and on stop; a start with a checkpoint made under
+  the same detector settings resumes warm, its incidents keeping their ids;
 - stale feed: a source with no frame for ``stale_after`` (wall time: this one is about our
   connection, not the market) raises ``feed_stale`` once per silence.
 """
@@ -18,6 +19,7 @@ import os
 import pickle
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -43,12 +45,22 @@ def fingerprint(cfg: Config) -> str:
     return hashlib.blake2b(msgspec.json.encode(key), digest_size=8).hexdigest()
 
 
-def save_checkpoint(cfg: Config, pipeline: Pipeline) -> Path:
+class Restored(NamedTuple):
+    pipeline: Pipeline
+    sinks: dict[str, Any]  # what each sink's snapshot() returned, by sink class name
+
+
+def sink_snapshots(sinks: list) -> dict[str, Any]:
+    """The sinks that keep state worth resuming (the alert engine's incidents)."""
+    return {type(s).__name__: s.snapshot() for s in sinks if hasattr(s, "snapshot")}
+
+
+def save_checkpoint(cfg: Config, pipeline: Pipeline, sinks: dict[str, Any] | None = None) -> Path:
     path = state_dir(cfg) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump({"fingerprint": fingerprint(cfg), "pipeline": pipeline.checkpoint()}, f,
+        pickle.dump({"fingerprint": fingerprint(cfg), "pipeline": pipeline.checkpoint(), "sinks": sinks or {}}, f,
                     protocol=pickle.HIGHEST_PROTOCOL)
         f.flush()
         os.fsync(f.fileno())
@@ -56,7 +68,7 @@ def save_checkpoint(cfg: Config, pipeline: Pipeline) -> Path:
     return path
 
 
-def load_checkpoint(cfg: Config) -> Pipeline | None:
+def load_checkpoint(cfg: Config) -> Restored | None:
     path = state_dir(cfg) / CHECKPOINT
     if not path.exists():
         return None
@@ -72,7 +84,7 @@ def load_checkpoint(cfg: Config) -> Pipeline | None:
     log.info("checkpoint_restored", path=str(path))
     pipeline = Pipeline.restore(snap["pipeline"])
     pipeline.state.exposure.configure(**cfg.alerts.exposure.graph_params())
-    return pipeline
+    return Restored(pipeline, snap.get("sinks") or {})
 
 
 class Jobs:
@@ -107,7 +119,7 @@ class Jobs:
             log.info("retention_purged", rows=n)
 
     async def checkpoint(self) -> None:
-        save_checkpoint(self.d.cfg, self.d.pipeline)
+        save_checkpoint(self.d.cfg, self.d.pipeline, sink_snapshots(self.d.sinks))
 
     async def stale_feeds(self) -> None:
         now = time.time()
