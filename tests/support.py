@@ -109,6 +109,18 @@ def stop_daemon(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> tuple[int,
     return proc.returncode, out, err
 
 
+def run_until(config: Path, predicate: Callable[[], object], what: str, env: dict | None = None) -> tuple[str, str]:
+    """Start the daemon, wait for ``predicate``, stop it with SIGTERM; it must exit 0.
+    Returns its (stdout, stderr)."""
+    proc = start_daemon(config, env)
+    try:
+        wait_for(predicate, what)
+    finally:
+        code, out, err = stop_daemon(proc)
+    assert code == 0, err
+    return out, err
+
+
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from tests.support import (T0, TIMEOUT, Collector, ThreadedFeed, frame, perpwatch, start_daemon, stop_daemon, wait_for,
-                           write_config)
+from tests.support import (T0, TIMEOUT, Collector, ThreadedFeed, frame, perpwatch, run_until, start_daemon, stop_daemon,
+                           wait_for, write_config)
 
 pytestmark = pytest.mark.e2e
 SECRET = "hook-secret-value-123"
@@ -48,12 +48,7 @@ def test_signed_webhook_arrives_with_contract_payload(tmp_path):
     """A feed gap becomes an incident POSTed with the contract payload and a valid signature."""
     with Collector() as hook, ThreadedFeed(gap_frames()) as feed:
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url))
-        proc = start_daemon(cfg, env={"PERPWATCH_HOOK_SECRET": SECRET})
-        try:
-            wait_for(lambda: hook.requests, "a webhook POST")
-        finally:
-            code, out, err = stop_daemon(proc)
-    assert code == 0, err
+        out, err = run_until(cfg, lambda: hook.requests, "a webhook POST", env={"PERPWATCH_HOOK_SECRET": SECRET})
     headers, body, _ = hook.requests[0]
     assert headers["Content-Type"] == "application/json" and verify(headers, body)
     p = json.loads(body)
@@ -73,13 +68,8 @@ def test_receiver_down_then_up_gets_everything(tmp_path):
     symbols = ("BTC-PERP", "ETH-PERP", "SOL-PERP")
     with Collector([503, 503, 503, (429, {"Retry-After": "1"})]) as hook, ThreadedFeed(gap_frames(symbols)) as feed:
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: {s for p in hook.payloads() for s in p["symbols"]} == set(symbols),
-                     "every incident after the receiver recovered")
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+        run_until(cfg, lambda: {s for p in hook.payloads() for s in p["symbols"]} == set(symbols),
+                  "every incident after the receiver recovered")
     assert hook.answers[:4] == [503, 503, 503, 429]
     assert len({p["incident_id"] for p in hook.payloads()}) == 3
 
@@ -99,12 +89,7 @@ def test_pending_notifications_survive_sigkill(tmp_path):
         cfg.write_text(text)
         with ThreadedFeed([]) as feed2:
             cfg.write_text(cfg.read_text().replace(feed.url, feed2.url))
-            proc = start_daemon(cfg)
-            try:
-                wait_for(lambda: hook2.requests, "the pending notification after restart")
-            finally:
-                code, _, err = stop_daemon(proc)
-    assert code == 0, err
+            run_until(cfg, lambda: hook2.requests, "the pending notification after restart")
     assert hook2.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
 
 
@@ -120,12 +105,7 @@ def test_silence_from_cli_mutes_the_running_daemon(tmp_path):
         assert [s["id"] for s in listed] == [sid] and listed[0]["comment"] == "venue maintenance"
     with Collector() as hook, ThreadedFeed(gap_frames(("BTC-PERP", "ETH-PERP"))) as feed:
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: hook.requests, "the unsilenced incident")
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+        run_until(cfg, lambda: hook.requests, "the unsilenced incident")
     assert {s for p in hook.payloads() for s in p["symbols"]} == {"ETH-PERP"}
     assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 0
     assert perpwatch("silence", "expire", sid, "--config", str(cfg)).returncode == 1
@@ -139,12 +119,7 @@ def test_later_notifications_keep_the_incident_id(tmp_path):
     with Collector() as hook, ThreadedFeed(frames) as feed:
         extra = alerts_config(hook.url, False).replace('group_wait = "0s"', 'group_wait = "0s"\ngroup_interval = "1s"')
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "an update with both gaps")
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+        run_until(cfg, lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "an update with both gaps")
     ids = {p["incident_id"] for p in hook.payloads()}
     assert len(ids) == 1
     last = hook.payloads()[-1]
@@ -175,13 +150,8 @@ def test_correlated_symbols_share_one_incident_through_the_daemon(tmp_path):
     with Collector() as hook, ThreadedFeed(frames) as feed:
         extra = alerts_config(hook.url, False).replace('group_wait = "0s"', 'group_wait = "0s"\ngroup_interval = "1s"')
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: any(p["symbols"] == ["BTC-PERP", "ETH-PERP"] for p in hook.payloads()),
-                     "one incident on both symbols")
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+        run_until(cfg, lambda: any(p["symbols"] == ["BTC-PERP", "ETH-PERP"] for p in hook.payloads()),
+                  "one incident on both symbols")
     assert len({p["incident_id"] for p in hook.payloads()}) == 1
     [inc] = json.loads(perpwatch("incidents", "--config", str(cfg), "--json").stdout)
     timeline = json.loads(perpwatch("incident", inc["id"], "--config", str(cfg), "--json").stdout)["timeline"]
@@ -195,14 +165,9 @@ def test_quiet_incident_resolves_on_event_time_in_the_store(tmp_path):
     with Collector() as hook, ThreadedFeed(frames) as feed:
         extra = alerts_config(hook.url, False) + '\n[alerts]\nresolve_after = "1m"\n'
         cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", extra)
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: hook.requests and [i["status"] for i in json.loads(
-                perpwatch("incidents", "--config", str(cfg), "--json").stdout)] == ["resolved"],
-                "the notification, then the incident stored as resolved")
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+        run_until(cfg, lambda: hook.requests and [i["status"] for i in json.loads(
+            perpwatch("incidents", "--config", str(cfg), "--json").stdout)] == ["resolved"],
+            "the notification, then the incident stored as resolved")
     assert hook.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
 
 
@@ -216,20 +181,10 @@ def test_a_restart_keeps_open_incidents_and_does_not_resend(tmp_path):
     with Collector() as hook:
         with ThreadedFeed(first) as feed:
             cfg = write_config(tmp_path / "pw.toml", feed.url, tmp_path / "pw.db", alerts_config(hook.url, False))
-            proc = start_daemon(cfg)
-            try:
-                wait_for(lambda: hook.requests, "the first notification")
-            finally:
-                code, _, err = stop_daemon(proc)
-            assert code == 0, err
+            run_until(cfg, lambda: hook.requests, "the first notification")
         with ThreadedFeed(second) as feed2:
             cfg.write_text(cfg.read_text().replace(feed.url, feed2.url))
-            proc = start_daemon(cfg)
-            try:
-                wait_for(lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "the update after restart")
-            finally:
-                code, _, err = stop_daemon(proc)
-    assert code == 0, err
+            run_until(cfg, lambda: any(len(p["anomalies"]) == 2 for p in hook.payloads()), "the update after restart")
     payloads = hook.payloads()
     assert len({p["incident_id"] for p in payloads}) == 1
     assert [len(p["anomalies"]) for p in payloads] == [1, 2]  # no re-send of the first state
