@@ -149,17 +149,24 @@ class ExposureGraph:
 
     # -- collateral ------------------------------------------------------------------------
     def on_position(self, st: AccountState, symbol: str, prev: Pos | None) -> None:
-        """An account's position in ``symbol`` changed from ``prev`` to what ``st`` now holds."""
-        old = prev.notional() if prev is not None and not prev.isolated else 0.0
-        cur = st.positions.get(symbol)
-        new = cur.notional() if cur is not None and not cur.isolated else 0.0
+        """An account's position in ``symbol`` changed from ``prev`` to what ``st`` now holds.
+        (On the hot path: notional and min are inlined.)"""
+        old = abs(prev.size) * prev.entry if prev is not None and not prev.isolated else 0.0
+        positions = st.positions
+        cur = positions.get(symbol)
+        new = abs(cur.size) * cur.entry if cur is not None and not cur.isolated else 0.0
         if old == new:
             return
-        self.cross_notional[symbol] = max(self.cross_notional.get(symbol, 0.0) + new - old, 0.0)
-        for other, p in st.positions.items():
-            if other != symbol and not p.isolated:
-                n = p.notional()
-                self.collateral_delta(symbol, other, min(new, n) - min(old, n))
+        totals = self.cross_notional
+        total = totals.get(symbol, 0.0) + new - old
+        totals[symbol] = total if total > 0.0 else 0.0
+        if len(positions) > (cur is not None):
+            for other, p in positions.items():
+                if other != symbol and not p.isolated:
+                    n = abs(p.size) * p.entry
+                    delta = (new if new < n else n) - (old if old < n else n)
+                    if delta:
+                        self.collateral_delta(symbol, other, delta)
 
     def forget_account(self, st: AccountState) -> None:
         """The account left the LRU: its positions stop linking symbols."""
@@ -172,17 +179,25 @@ class ExposureGraph:
     def collateral_delta(self, a: str, b: str, delta: float) -> None:
         if not delta:
             return
-        for x, y in ((a, b), (b, a)):
-            row = self.collateral.setdefault(x, {})
-            w = row.get(y, 0.0) + delta
-            if w > 1e-6:
-                if y not in row:
-                    self.collateral_edges += 1
-                row[y] = w
-            elif row.pop(y, None) is not None:
-                self.collateral_edges -= 1
+        self._half_edge(a, b, delta)
+        self._half_edge(b, a, delta)
         if self.collateral_edges > 2 * self.max_edges:
             self._prune_collateral()
+
+    def _half_edge(self, x: str, y: str, delta: float) -> None:
+        row = self.collateral.get(x)
+        if row is None:
+            row = self.collateral[x] = {}
+        w = row.get(y)
+        if w is None:
+            if delta > 1e-6:
+                row[y] = delta
+                self.collateral_edges += 1
+        elif w + delta > 1e-6:
+            row[y] = w + delta
+        else:
+            del row[y]
+            self.collateral_edges -= 1
 
     def _prune_collateral(self) -> None:
         weights = sorted(w for row in self.collateral.values() for w in row.values())
