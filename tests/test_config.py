@@ -56,6 +56,9 @@ BAD = {
     "drain too long": ('[daemon]\ndrain_timeout="30s"\n', "daemon.drain_timeout"),
     "bad detector key": ('[detectors.feed_gap]\nstuck_after="1s"\n', "detectors.feed_gap.stuck_after"),
     "unknown detector": ('[detectors.crystal_ball]\nenabled=true\n', "detectors.crystal_ball"),
+    "correlation out of range": ('[alerts.exposure]\nmin_return_corr=1.5\n', "alerts.exposure.min_return_corr"),
+    "unknown exposure key": ('[alerts.exposure]\nbeta=1\n', "alerts.exposure.beta"),
+    "zero link window": ('[alerts]\nlink_window="0s"\n', "alerts.link_window"),
 }
 
 
