@@ -57,6 +57,7 @@ class ExposureGraph:
         # returns
         self.slots: dict[str, int] = {}
         self.names: list[str | None] = [None] * self.cap
+        self.free = list(range(self.cap - 1, -1, -1))
         self.prev_mark = np.full(self.cap, np.nan)
         self.idle = np.zeros(self.cap, dtype=np.int64)  # samples since the mark last moved
         self.mean = np.zeros(self.cap)
@@ -95,6 +96,7 @@ class ExposureGraph:
         self.next_sample = now - now % self.return_interval_ms + self.return_interval_ms
         ret = np.zeros(self.cap)
         valid = np.zeros(self.cap, dtype=bool)
+        full = False  # once a symbol is refused, the rest of this sample are too
         for symbol, m in marks.items():
             # The tick fires on the first event at or past ``now``: a mark stamped ``now`` is
             # the future for the symbols whose marks at ``now`` have not arrived yet.
@@ -103,8 +105,10 @@ class ExposureGraph:
                 continue
             i = self.slots.get(symbol)
             if i is None:
-                i = self._slot(symbol)
+                i = None if full else self._slot(symbol)
                 if i is None:
+                    full = True
+                    self.unslotted += 1
                     continue
             prev = self.prev_mark[i]
             if prev == prev:  # not NaN
@@ -122,14 +126,13 @@ class ExposureGraph:
         self.count += both
 
     def _slot(self, symbol: str) -> int | None:
-        free = next((i for i, n in enumerate(self.names) if n is None), None)
-        if free is None:
-            stale = int(np.argmax(self.idle))
-            if self.idle[stale] < STALE_SAMPLES:
-                self.unslotted += 1
+        if self.free:
+            free = self.free.pop()
+        else:
+            free = int(np.argmax(self.idle))
+            if self.idle[free] < STALE_SAMPLES:
                 return None
-            del self.slots[self.names[stale]]
-            free = stale
+            del self.slots[self.names[free]]
         self.names[free] = symbol
         self.slots[symbol] = free
         self.prev_mark[free] = np.nan
