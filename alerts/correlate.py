@@ -17,9 +17,10 @@ swallow every linked symbol for its whole life. An anomaly that connects two inc
 merges them. The timeline records why each anomaly joined. Pure and synchronous.
 
 Severity rises with the evidence: an incident's severity is the worst of its anomalies,
-and a thin-book cluster together with a cancel burst or a leverage jump in one incident
-(so on one symbol or on connected ones) is a critical ``cascade_risk`` (synthesized once,
-with the evidence in its detail). Incidents resolve after ``resolve_after_ms`` of event
+and a critical ``cascade_risk`` is synthesized (once, with the evidence in its detail)
+when a thin-book cluster meets either a cancel burst or a leverage jump in the same
+incident (so on one symbol or on connected ones), or forced flow: liquidations already
+chaining from another symbol into the cluster's symbol. Incidents resolve after ``resolve_after_ms`` of event
 time without a new anomaly.
 """
 
@@ -125,7 +126,7 @@ class Correlator:
                     other.status = "merged"
                     self.closed.append(other)
             inc.add(a, why)
-        return inc, self._rules(inc, a)
+        return inc, self._rules(inc, a, state)
 
     def _connection(self, inc: Incident, a: Anomaly, accounts: set[str], links: dict[str, str]) -> str | None:
         """Why ``a`` belongs to ``inc``, or None."""
@@ -160,19 +161,42 @@ class Correlator:
             links.update(state.exposure.neighbours(a.symbol, a.ts, among=among))
         return links
 
-    def _rules(self, inc: Incident, a: Anomaly) -> list[Anomaly]:
-        if inc.cascade or "thin_book_cluster" not in inc.kinds or not (inc.kinds & CASCADE_PARTS):
+    def _rules(self, inc: Incident, a: Anomaly, state: MarketState | None) -> list[Anomaly]:
+        """The escalation rules, once per incident: a thin-book cluster plus a cancel burst or
+        a leverage jump, or plus forced flow already chaining into the cluster's symbol."""
+        if inc.cascade or "thin_book_cluster" not in inc.kinds:
             return []
+        clusters = [b for b in inc.anomalies if b.kind == "thin_book_cluster"]
+        if inc.kinds & CASCADE_PARTS:
+            rule = "thin_book_cluster + (cancel_burst or leverage_jump) on connected symbols"
+            parts = [b for b in inc.anomalies if b.kind in CASCADE_PARTS or b.kind == "thin_book_cluster"]
+            flow = []
+        else:
+            flow = self._forced_flow_into({b.symbol for b in clusters if b.symbol}, a.ts, state)
+            if not flow:
+                return []
+            rule = "thin_book_cluster + forced flow (liquidations chaining) into its symbol"
+            parts = clusters
         inc.cascade = True
-        parts = [b for b in inc.anomalies if b.kind in CASCADE_PARTS | {"thin_book_cluster"}]
-        risk = Anomaly.make(
-            "cascade_risk", a.ts, float(len(parts)), "critical", symbol=a.symbol,
-            detail={"rule": "thin_book_cluster + (cancel_burst or leverage_jump) on connected symbols",
-                    "incident_id": inc.id, "symbols": sorted(inc.symbols),
-                    "evidence": [{"id": b.id, "kind": b.kind, "symbol": b.symbol, "account": b.account,
-                                  "ts": b.ts, "severity": b.severity} for b in parts[-10:]]})
+        detail: dict[str, Any] = {
+            "rule": rule, "incident_id": inc.id, "symbols": sorted(inc.symbols),
+            "evidence": [{"id": b.id, "kind": b.kind, "symbol": b.symbol, "account": b.account,
+                          "ts": b.ts, "severity": b.severity} for b in parts[-10:]]}
+        if flow:
+            detail["forced_flow"] = flow
+        risk = Anomaly.make("cascade_risk", a.ts, float(len(parts) + len(flow)), "critical", symbol=a.symbol,
+                            detail=detail)
         inc.add(risk, "rule: cascade risk")
         return [risk]
+
+    @staticmethod
+    def _forced_flow_into(symbols: set[str], now: int, state: MarketState | None) -> list[dict[str, Any]]:
+        if state is None:
+            return []
+        g = state.exposure
+        found = [(other, s, g.chains(other, s, now)) for s in sorted(symbols)
+                 for other in sorted({x for x, y in g.flow if y == s})]
+        return [{"from": x, "into": y, "chains": round(n, 2)} for x, y, n in found if n >= g.min_forced_flow]
 
     def resolve(self, now: int) -> None:
         """Close the incidents quiet for ``resolve_after_ms`` of event time at ``now``."""

@@ -201,3 +201,21 @@ def test_muter_gives_one_reason_silence_first():
     assert m.reason(repeat, [crit, repeat], now=50.0) == "silenced"
     assert m.reason(repeat, [crit, repeat], now=150.0) == f"inhibited by {crit.id}"
     assert m.reason(crit, [crit, repeat], now=150.0) is None
+
+
+def test_forced_flow_into_a_thin_book_cluster_escalates():
+    """A thin-book cluster on B while liquidations keep chaining from A into B is a
+    critical cascade risk, with the chains as evidence; without the flow it stays a warning."""
+    state = MarketState(exposure=ExposureGraph(min_forced_flow=3.0))
+    quiet = Correlator()
+    inc, synth = quiet.add(anomaly("thin_book_cluster", 0, "B"), state)
+    assert synth == [] and inc.severity == "warning"
+    for k in range(4):
+        liquidate(state, "A", k * 10_000)
+        liquidate(state, "B", k * 10_000 + 2_000)
+    inc, synth = Correlator().add(anomaly("thin_book_cluster", 40_000, "B"), state)
+    [risk] = synth
+    assert risk.kind == "cascade_risk" and inc.severity == "critical"
+    assert risk.detail["rule"] == "thin_book_cluster + forced flow (liquidations chaining) into its symbol"
+    assert [(f["from"], f["into"]) for f in risk.detail["forced_flow"]] == [("A", "B")]
+    assert risk.detail["forced_flow"][0]["chains"] > 3.0

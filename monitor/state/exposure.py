@@ -223,20 +223,21 @@ class ExposureGraph:
             if ts - t > window:
                 del self.last_liquidation[other]
             elif other != symbol:
-                self.flow[(other, symbol)] = (self._flow(other, symbol, ts) + 1.0, ts)
+                self.flow[(other, symbol)] = (self.chains(other, symbol, ts) + 1.0, ts)
         self.last_liquidation[symbol] = ts
         if len(self.flow) > self.max_edges:
-            for key in sorted(self.flow, key=lambda k: self._flow(*k, ts))[:len(self.flow) // 10]:
+            for key in sorted(self.flow, key=lambda k: self.chains(*k, ts))[:len(self.flow) // 10]:
                 del self.flow[key]
                 self.dropped_edges += 1
 
-    def _flow(self, a: str, b: str, now: int) -> float:
+    def chains(self, a: str, b: str, now: int) -> float:
+        """Decayed count of liquidations in ``b`` soon after liquidations in ``a``."""
         count, ts = self.flow.get((a, b), (0.0, now))
         return count * math.exp(-self.flow_decay_per_ms * max(now - ts, 0))
 
     def forced_flow(self, a: str, b: str, now: int) -> float:
         """Decayed count of liquidation chains between the two symbols, either way."""
-        return max(self._flow(a, b, now), self._flow(b, a, now))
+        return max(self.chains(a, b, now), self.chains(b, a, now))
 
     # -- the question the correlator asks --------------------------------------------------
     def neighbours(self, symbol: str, now: int, among: Iterable[str] | None = None) -> dict[str, str]:
@@ -274,6 +275,6 @@ class ExposureGraph:
                 if a < b and (share := self.collateral_share(a, b)) >= self.min_collateral_share:
                     out.append({"a": a, "b": b, "kind": "collateral", "weight": round(share, 3)})
         for (a, b) in sorted(self.flow):
-            if (f := self._flow(a, b, now)) >= self.min_forced_flow:
+            if (f := self.chains(a, b, now)) >= self.min_forced_flow:
                 out.append({"a": a, "b": b, "kind": "forced_flow", "weight": round(f, 2)})
         return out
