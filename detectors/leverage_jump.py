@@ -9,8 +9,11 @@ Per account (compact: ten doubles in an LRU-bounded table, ``max_accounts``, see
   known) — notional x8 within seconds;
 - margin ratio (maintenance margin / equity) crossing ``margin_ratio_warn`` after rising by
   ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast.
-An account needs ``min_history`` position events before it can jump (its first positions
-are its history, not a jump).
+An account needs ``min_history`` position events with a size before it can jump (its first
+positions are its history, not a jump; a close teaches no leverage, so an account first seen
+closing a position — a feed joined mid-stream — has no usual leverage yet). The score is
+the largest ratio among the rules that fired (new / usual leverage, notional / notional
+before), so a leverage jump is not scored by a notional ratio against nothing.
 
 Per symbol (cohort): accounts raising leverage (``cohort_raise`` x the position they
 replace, else the account's usual leverage, to at least ``min_leverage``) within
@@ -68,7 +71,7 @@ class LeverageJumpConfig(DetectorConfig, kw_only=True):
     critical_leverage: float = 50.0
     critical_notional: float = 5_000_000.0
     fading: float = 0.3  # EW weight of the newest leverage in an account's history
-    min_history: int = 1  # position events an account needs before it can jump
+    min_history: int = 1  # position events with a size an account needs before it can jump
     min_effective_leverage: float = 10.0  # a notional jump counts when notional / equity reaches this
     max_accounts: int = 2_000_000  # per-account state bound; least recently updated evicted
     cohort_window_ms: int = 60_000
@@ -234,7 +237,8 @@ class LeverageJump(Detector):
                     and (effective is None or effective >= cfg.min_effective_leverage):
                 reasons.append("notional")
             if reasons:
-                score = max(lev / max(usual[i], 1.0), notional / max(base, 1.0))
+                score = max(lev / max(usual[i], 1.0) if "leverage" in reasons else 0.0,
+                            notional / base if "notional" in reasons else 0.0)
                 critical = lev >= cfg.critical_leverage or notional >= cfg.critical_notional
                 if self._allow(i, ts, score):
                     out.append(Anomaly.make(
@@ -253,13 +257,14 @@ class LeverageJump(Detector):
                                     {"leverage": "leverage far above the account's usual",
                                      "notional": "notional far above what it held a window ago"}[r]
                                     for r in reasons)}))
-        # learn: the account's usual leverage, and its notional as of window_ms ago
+        # learn: the account's usual leverage (from positions with a size: the history the
+        # rules need), and its notional as of window_ms ago
         if size:
             usual[i] = lev if n[i] == 0 else (1 - cfg.fading) * usual[i] + cfg.fading * lev
+            n[i] += 1
         if ts - base_ts[i] > cfg.window_ms:
             base_n[i], base_ts[i] = notional_col[i], ts
         notional_col[i] = notional
-        n[i] += 1
 
     def _margin(self, item: tuple, out: list[Anomaly]) -> None:
         cfg = self.config

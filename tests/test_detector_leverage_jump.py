@@ -58,3 +58,19 @@ def test_per_account_state_is_bounded():
     p = Pipeline(MarketState(), [d], tick_ms=250)
     p.process([pos(f"a{i}", T0 + i, 1, 2) for i in range(1000)])
     assert len(d.accounts) == 100 and d.evicted == 900 and "a999" in d.accounts
+
+
+def test_account_first_seen_closing_has_no_usual_leverage_yet():
+    """A feed joined mid-stream: an account first seen closing a position, then opening at its
+    usual 20x, is not a jump (the close taught no usual leverage)."""
+    events = [pos("a", T0, 0.0, 20), pos("a", T0 + 30_000, 3000, 20, symbol="ETH-PERP"),
+              pos("a", T0 + 90_000, 2500, 20, symbol="ETH-PERP"), Heartbeat(ts=T0 + 100_000)]
+    assert run(events) == []
+
+
+def test_leverage_only_jump_is_scored_by_its_leverage_ratio():
+    """A jump on leverage alone (notional below min_notional) scores new / usual leverage, not a notional ratio."""
+    out = run([pos("a", T0, 1, 3), pos("a", T0 + 60_000, 1, 3), pos("a", T0 + 61_000, 500, 30),
+               Heartbeat(ts=T0 + 62_000)])
+    [a] = out
+    assert a.detail["reasons"] == ["leverage"] and a.score == 30 / a.detail["usual_leverage"]
