@@ -24,6 +24,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from monitor.state.liquidation import DEFAULT_TIERS
+
 
 @dataclass(frozen=True)
 class SymbolSpec:
@@ -47,6 +49,22 @@ DEFAULT_SYMBOLS = [
 ]
 
 MMR = 0.005  # maintenance margin rate used for the accounts' liquidation prices
+
+
+def max_notional(leverage: float) -> float:
+    """The venue's leverage brackets: a position at ``leverage`` may be at most as large as
+    the last maintenance tier (perpwatch's default tiers) whose rate is <= half its
+    initial margin 1 / leverage, as venues cap leverage by notional.
+
+    >>> max_notional(20.0), max_notional(5.0)
+    (5000000.0, inf)
+    """
+    cap = 0.0
+    for up_to, rate in DEFAULT_TIERS:
+        if rate * 2 > 1 / leverage:
+            break
+        cap = up_to
+    return cap
 FAR_LEVELS = 25  # coarse-grid levels a side beyond the tick levels (20 bps apart: out to ~5%)
 
 
@@ -328,7 +346,7 @@ class Market:
                 return
             size, entry = 0.0, old[1]
         else:
-            notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room)
+            notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room, max_notional(lev))
             size = round(notional / s.mid * (1 if rng.random() < 0.52 else -1), 6)
             entry = _r(s.mid * math.exp(rng.gauss(0.0, 0.02)) if opened_earlier else s.mid)
         s.open_interest = max(0.0, s.open_interest - abs(old[0]) if old else s.open_interest) + abs(size)
