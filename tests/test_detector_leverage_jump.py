@@ -74,3 +74,45 @@ def test_leverage_only_jump_is_scored_by_its_leverage_ratio():
                Heartbeat(ts=T0 + 62_000)])
     [a] = out
     assert a.detail["reasons"] == ["leverage"] and a.score == 30 / a.detail["usual_leverage"]
+
+
+def test_flat_account_opening_far_above_its_usual_effective_leverage():
+    """An account usually at ~5x its equity, flat for a while, opening 24x its equity at a
+    leverage setting not far above its usual: flagged on effective leverage."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=20_000, maintenance_margin=0)  # noqa: E731
+    hb = lambda ts: Heartbeat(ts=ts + 500)  # noqa: E731  (a tick between the changes)
+    events = [pos("a", T0, 1000, 15), eq(T0 + 1), hb(T0), pos("a", T0 + 30_000, 900, 15), eq(T0 + 30_001),
+              hb(T0 + 30_000), pos("a", T0 + 60_000, 0, 15), eq(T0 + 60_001), hb(T0 + 60_000),
+              pos("a", T0 + 200_000, 4800, 25, symbol="ETH-PERP"), eq(T0 + 200_001), Heartbeat(ts=T0 + 201_000)]
+    [a] = run(events)
+    assert a.detail["reasons"] == ["effective_leverage"] and a.ts == T0 + 200_000
+    assert a.detail["effective_leverage"] == 24.0 and round(a.detail["usual_effective_leverage"], 2) == 4.85
+
+
+def test_levering_up_on_two_symbols_at_once_flags_both():
+    """One account going 3x -> 40x on BTC and, on the same collateral, opening 10x on ETH in the
+    same second: one anomaly per symbol (the cool-down is per symbol); none again on BTC."""
+    events = [pos("a", T0, 100, 3), pos("a", T0 + 60_000, 100, 3),
+              pos("a", T0 + 61_000, 2000, 40), pos("a", T0 + 61_000, 500, 10, symbol="ETH-PERP"),
+              pos("a", T0 + 70_000, 2100, 40), Heartbeat(ts=T0 + 72_000)]
+    out = run(events)
+    assert [(a.symbol, a.ts) for a in out] == [("BTC-PERP", T0 + 61_000), ("ETH-PERP", T0 + 61_000)]
+
+
+def test_first_positions_arriving_together_are_history_not_a_jump():
+    """An account first seen with a small and a large position in the same tick (its book at
+    the start of the feed) is not a jump on effective leverage."""
+    eq = Account(account="a", ts=T0 + 2, equity=10_000, maintenance_margin=0)
+    events = [pos("a", T0, 200, 20), pos("a", T0 + 1, 1000, 20, symbol="ETH-PERP"), eq, Heartbeat(ts=T0 + 5_000)]
+    assert run(events) == []
+
+
+def test_back_to_normal_size_after_a_small_position_is_not_a_jump():
+    """An account at its usual ~10x on its equity, down to a small position for a few minutes,
+    then back to ~10x: notional x12 on the small one, but not far above its usual."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=10_000, maintenance_margin=0)  # noqa: E731
+    hb = lambda ts: Heartbeat(ts=ts + 500)  # noqa: E731
+    events = [pos("a", T0, 1000, 20), eq(T0 + 1), hb(T0), pos("a", T0 + 100_000, 1100, 20), eq(T0 + 100_001),
+              hb(T0 + 100_000), pos("a", T0 + 200_000, 80, 20), eq(T0 + 200_001), hb(T0 + 200_000),
+              pos("a", T0 + 400_000, 1000, 20), eq(T0 + 400_001), Heartbeat(ts=T0 + 401_000)]
+    assert run(events) == []
