@@ -34,6 +34,9 @@ second leg of a cascade can be flagged before the first forced liquidation. Off 
 it also flags the everyday cross positions of accounts caught in any cluster, which is
 true but noisy where the venue closes only the position that failed.
 
+Both are about clusters, so each must still hold without the band's largest account (one
+whale nearing its own liquidation price is not a cluster of them).
+
 Either also needs the side's smoothed pressure log1p(max C/(D + min_cluster_notional))
 to sit ``z_threshold`` above its own baseline (river EW stats, protected learning, std
 floored at ``STD_FLOOR``): a structurally thin symbol alarms when it gets worse, not forever. Warm-up: no anomaly
@@ -406,25 +409,35 @@ class ThinBookCluster(Detector):
         lb, wb = self._lb, max(1, int(round(cfg.density_band_bps / cfg.bucket_bps)))
         i = bi if pressure else di
         j, c_j, d_j = cands[i]
+        j0 = 0 if pressure else max(0, j - wb + 1)
+        buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
+        # a cluster is many accounts: the rule must still hold without the band's largest one
+        # (one whale nearing its own liquidation is that account's risk, not a cluster)
+        top = self._top(side, buckets, max(1, cfg.top_accounts))
+        largest = top[0][1] if top else 0.0
+        band_n = sum(side.hist.get(k, 0.0) for k in buckets)
+        if pressure:
+            rest = c_j - largest
+            if rest < cfg.min_cluster_notional or (d_j > 0 and rest < cfg.factor * d_j):
+                return None
+        elif band_n - largest < cfg.min_cluster_notional or band_n - largest < cfg.density_factor * avg_band \
+                or band_n - largest < cfg.factor * cfg.density_relax * d_j:
+            return None
         found = j if pressure else None
         far = math.exp((km - j) * lb) if long else math.exp((km + j + 1) * lb)
         dist = abs(far - mark) / mark * 1e4
         if pressure:
-            j0 = 0
             critical = r >= cfg.critical_factor * cfg.factor or dist <= cfg.critical_distance_bps
             severity = "critical" if critical else "warning"
             score = min(r, 1e6)
         else:
-            j0 = max(0, j - wb + 1)
             severity = "info"
             score = min(dn / d_j, 1e6) if d_j > 0 else 1e6
         if not self._latch.fire((symbol, "long" if long else "short"), now, score, severity):
             return found
         near = math.exp((km - j0 + 1) * lb) if long else math.exp((km + j0) * lb)
         near = min(mark, near) if long else max(mark, near)
-        buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
-        band_n = sum(side.hist.get(k, 0.0) for k in buckets)
-        top = self._top(side, buckets, cfg.top_accounts)
+        top = top[: cfg.top_accounts]
         venue = {}
         for acct, _ in top:
             for sym, liq, _n, v in self.liquidations(acct, state):
@@ -447,6 +460,7 @@ class ThinBookCluster(Detector):
             "band": {"from_price": round(near, 8), "to_price": round(far, 8),
                      "distance_bps": round(dist, 1), "near_distance_bps": round(abs(near - mark) / mark * 1e4, 1)},
             "cluster_notional": round(band_n, 2),
+            "largest_account_share": round(largest / band_n, 4) if band_n > 0 else None,
             "forced_notional_mark_to_band": round(c_j, 2),
             "absorbing_depth": round(d_j, 2),
             "ratio": round(c_j / d_j, 3) if d_j > 0 else None,

@@ -256,3 +256,10 @@ def test_contagion_is_off_by_default():
     """Without contagion = true, the linked symbol is not flagged."""
     out, _, _ = run(_with_linked_positions(isolated_second=False))
     assert any(a.symbol == SYM for a in out) and [a for a in out if a.symbol == "ETH-PERP"] == []
+
+
+def test_one_whale_near_its_liquidation_is_not_a_cluster():
+    """One account holding as much as the 30-account cluster, in the same band: not a cluster
+    (without it the band holds nothing); the 30 accounts are."""
+    assert run(market(cluster_at=150, whales=1, whale_notional=900_000.0))[0] == []
+    assert run(market(cluster_at=150, whales=30, whale_notional=30_000.0))[0]
