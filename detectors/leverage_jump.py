@@ -1,13 +1,14 @@
 """leverage_jump: an account levering up fast, or a crowd of them on one symbol.
 
-Per account (compact: nine doubles in an LRU-bounded table, ``max_accounts``, see
+Per account (compact: ten doubles in an LRU-bounded table, ``max_accounts``, see
 ``detectors.rows``):
 - leverage against the account's own EW leverage (``lev_ratio`` x and at least
   ``min_leverage``) — an account going 3x -> 25x;
 - effective leverage (total notional / equity, when the equity is known) against the
   account's own EW effective leverage (``lev_ratio`` x and at least
   ``min_effective_leverage``; learned from the account's state at the end of each tick its
-  positions changed in, so positions arriving together count as one) — an account usually 5x on its equity opening 24x, even from
+  positions changed in, so positions arriving together count as one, and known after
+  ``MIN_EFF_OBSERVATIONS`` such ticks) — an account usually 5x on its equity opening 24x, even from
   flat (where a notional ratio has nothing to compare with) and whatever its leverage setting;
 - total position notional against what it held ``window_ms`` ago (``notional_ratio`` x, at
   least ``min_notional``, and at least ``min_effective_leverage`` x the account's equity when
@@ -15,7 +16,8 @@ Per account (compact: nine doubles in an LRU-bounded table, ``max_accounts``, se
   only if that is jumping too (back from a small position to the account's normal size is
   not a jump);
 - margin ratio (maintenance margin / equity) crossing ``margin_ratio_warn`` after rising by
-  ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast.
+  ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast (named on the symbol of
+  the account's largest position, its positions listed in detail).
 An account needs ``min_history`` position events with a size before it can jump (its first
 positions are its history, not a jump; a close teaches no leverage, so an account first seen
 closing a position — a feed joined mid-stream — has no usual leverage yet). The score is
@@ -63,8 +65,11 @@ from monitor.events import Account, Anomaly, Position
 from monitor.state import MarketState
 
 # per-account row fields
-N, LEV, NOTIONAL, BASE_NOTIONAL, BASE_TS, MR, MR_TS, TOTAL, EFF = range(9)
-FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "total", "eff")
+N, LEV, NOTIONAL, BASE_NOTIONAL, BASE_TS, MR, MR_TS, TOTAL, EFF, EFF_N = range(10)
+FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "total", "eff", "eff_n")
+# ticks an account's effective leverage must have been seen at before it counts as its usual
+# (one observation says little: a calm account's book ranges over ~3x of its equity)
+MIN_EFF_OBSERVATIONS = 2
 NOTIONAL_EPS = 1e-3  # a running notional sum below this is float residue of a flat account, i.e. zero
 MIN_BASELINE = 20  # cohort baseline ticks needed on top of the event-time warm-up
 
@@ -177,7 +182,7 @@ class LeverageJump(Detector):
             last = {item[0]: k for k, item in enumerate(pending) if item[1] is not None}
             for k, item in enumerate(pending):
                 if item[1] is None:
-                    self._margin(item, out)
+                    self._margin(item, state, out)
                 else:
                     self._position(item, state, out, last[item[0]] == k)
         cfg = self.config
@@ -233,7 +238,7 @@ class LeverageJump(Detector):
             return
         cols = self.accounts.cols
         n, usual, notional_col, base_n, base_ts = cols[N], cols[LEV], cols[NOTIONAL], cols[BASE_NOTIONAL], cols[BASE_TS]
-        usual_eff = cols[EFF]
+        usual_eff, eff_n = cols[EFF], cols[EFF_N]
         st = state.accounts.get(acct)
         # a raise on this symbol: vs the position it replaces, or (a new one) the account's usual leverage
         ref = prev_lev if prev_lev is not None else (usual[i] if n[i] else None)
@@ -247,10 +252,11 @@ class LeverageJump(Detector):
                 reasons.append("leverage")
             in_window = ts - base_ts[i] <= cfg.window_ms
             base = base_n[i] if in_window else notional_col[i]
-            eff_jump = effective is not None and usual_eff[i] > 0 and effective >= cfg.lev_ratio * usual_eff[i]
+            eff_known = effective is not None and eff_n[i] >= MIN_EFF_OBSERVATIONS and usual_eff[i] > 0
+            eff_jump = eff_known and effective >= cfg.lev_ratio * usual_eff[i]
             if base > 0 and notional >= cfg.min_notional and notional >= cfg.notional_ratio * base \
                     and (effective is None or effective >= cfg.min_effective_leverage) \
-                    and (eff_jump or effective is None or not usual_eff[i]):
+                    and (eff_jump or not eff_known):
                 reasons.append("notional")
             if eff_jump and effective >= cfg.min_effective_leverage and notional >= cfg.min_notional:
                 reasons.append("effective_leverage")
@@ -286,11 +292,12 @@ class LeverageJump(Detector):
             n[i] += 1
             if effective is not None and final:
                 usual_eff[i] = effective if not usual_eff[i] else (1 - cfg.fading) * usual_eff[i] + cfg.fading * effective
+                eff_n[i] += 1
         if ts - base_ts[i] > cfg.window_ms:
             base_n[i], base_ts[i] = notional_col[i], ts
         notional_col[i] = notional
 
-    def _margin(self, item: tuple, out: list[Anomaly]) -> None:
+    def _margin(self, item: tuple, state: MarketState, out: list[Anomaly]) -> None:
         cfg = self.config
         acct, _, equity, mm, ts = item
         i = self.accounts.get(acct)
@@ -301,9 +308,14 @@ class LeverageJump(Detector):
         prev, prev_ts = cols[MR][i], cols[MR_TS][i]
         if mr >= cfg.margin_ratio_warn and prev_ts and ts - prev_ts <= cfg.window_ms \
                 and mr - prev >= cfg.margin_ratio_rise and self._allow(acct, ts, min(mr, 1e6)):
+            # named on the symbol of its largest position: where the collateral is at stake
+            st = state.accounts.get(acct)
+            held = sorted(((p.notional(), sym) for sym, p in st.positions.items()), reverse=True) if st else []
             out.append(Anomaly.make(
                 "leverage_jump", ts, min(mr, 1e6), "critical" if mr >= 0.95 else "warning", account=acct,
+                symbol=held[0][1] if held else None,
                 detail={"scope": "account", "reasons": ["margin_ratio"], "margin_ratio": round(min(mr, 1e6), 4),
+                        "positions": [{"symbol": sym, "notional": round(n, 2)} for n, sym in held[:5]],
                         "margin_ratio_before": round(prev, 4), "equity": equity,
                         "maintenance_margin": mm, "window_ms": cfg.window_ms,
                         "thresholds": {"margin_ratio_warn": cfg.margin_ratio_warn,

@@ -116,3 +116,24 @@ def test_back_to_normal_size_after_a_small_position_is_not_a_jump():
               hb(T0 + 100_000), pos("a", T0 + 200_000, 80, 20), eq(T0 + 200_001), hb(T0 + 200_000),
               pos("a", T0 + 400_000, 1000, 20), eq(T0 + 400_001), Heartbeat(ts=T0 + 401_000)]
     assert run(events) == []
+
+
+def test_margin_ratio_anomaly_is_named_on_the_largest_position():
+    """An account's margin-ratio anomaly carries the symbol of its largest position (routes
+    and incidents match on symbols), its positions listed in detail."""
+    out = run([pos("a", T0, 10, 2, symbol="ETH-PERP"), pos("a", T0, 50, 2),
+               Account(account="a", ts=T0, equity=1000, maintenance_margin=300),
+               Account(account="a", ts=T0 + 20_000, equity=400, maintenance_margin=360),
+               Heartbeat(ts=T0 + 21_000)])
+    [a] = out
+    assert a.detail["reasons"] == ["margin_ratio"] and a.symbol == "BTC-PERP"
+    assert [p["symbol"] for p in a.detail["positions"]] == ["BTC-PERP", "ETH-PERP"]
+
+
+def test_one_observation_is_not_a_usual_effective_leverage():
+    """An account seen once at 3x its equity, then at 13x on a second position: one observation
+    is not its usual (a calm book ranges widely), so no effective-leverage jump."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=10_000, maintenance_margin=0)  # noqa: E731
+    events = [pos("a", T0, 300, 20), eq(T0 + 1), Heartbeat(ts=T0 + 500),
+              pos("a", T0 + 100_000, 1000, 20, symbol="ETH-PERP"), eq(T0 + 100_001), Heartbeat(ts=T0 + 101_000)]
+    assert run(events) == []
