@@ -18,6 +18,7 @@ lasting regime change becomes the new normal instead of alarming forever.
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 from river import stats
 
@@ -76,24 +77,33 @@ class Baseline:
 class Cooldown:
     """Event-time re-arm rule: after a firing, stay quiet for ``ms`` unless it escalates.
 
+    At most ``max_keys`` keys are remembered; the least recently fired are forgotten first
+    (a forgotten key may fire again, which is the safe side).
+
     >>> c = Cooldown(10_000)
     >>> c.allow("X", 1_000, 5.0), c.allow("X", 2_000, 5.0), c.allow("X", 2_000, 11.0), c.allow("X", 30_000, 1.0)
     (True, False, True, True)
     """
 
-    __slots__ = ("ms", "escalation", "last")
+    __slots__ = ("ms", "escalation", "max_keys", "last")
 
-    def __init__(self, ms: int, escalation: float = 2.0) -> None:
+    def __init__(self, ms: int, escalation: float = 2.0, max_keys: int = 100_000) -> None:
         self.ms = ms
         self.escalation = escalation  # a score this many times the last one fires through
-        self.last: dict[object, tuple[int, float]] = {}
+        self.max_keys = max_keys
+        self.last: dict[object, tuple[int, float]] = {}  # insertion order = firing order
 
     def allow(self, key: object, now: int, score: float) -> bool:
         prev = self.last.get(key)
         if prev is not None and now - prev[0] < self.ms and score < prev[1] * self.escalation:
             return False
+        if prev is not None:
+            del self.last[key]  # re-inserted last: the newest firing
         self.last[key] = (now, score)
-        if len(self.last) > 100_000:  # keys are symbols or accounts; forget the oldest
-            for k in list(self.last)[:10_000]:
+        if len(self.last) > self.max_keys:
+            for k in list(islice(self.last, max(1, self.max_keys // 10))):
                 del self.last[k]
         return True
+
+    def __len__(self) -> int:
+        return len(self.last)

@@ -4,13 +4,25 @@ Per account (compact: ten doubles in an LRU-bounded table, ``max_accounts``, see
 ``detectors.rows``):
 - leverage against the account's own EW leverage (``lev_ratio`` x and at least
   ``min_leverage``) — an account going 3x -> 25x;
+- effective leverage (total notional / equity, when the equity is known) against the
+  account's own EW effective leverage (``lev_ratio`` x and at least
+  ``min_effective_leverage``; learned from the account's state at the end of each tick its
+  positions changed in, so positions arriving together count as one, and known after
+  ``MIN_EFF_OBSERVATIONS`` such ticks) — an account usually 5x on its equity opening 24x, even from
+  flat (where a notional ratio has nothing to compare with) and whatever its leverage setting;
 - total position notional against what it held ``window_ms`` ago (``notional_ratio`` x, at
   least ``min_notional``, and at least ``min_effective_leverage`` x the account's equity when
-  known) — notional x8 within seconds;
+  known) — notional x8 within seconds; where the account's usual effective leverage is known,
+  only if that is jumping too (back from a small position to the account's normal size is
+  not a jump);
 - margin ratio (maintenance margin / equity) crossing ``margin_ratio_warn`` after rising by
-  ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast.
-An account needs ``min_history`` position events before it can jump (its first positions
-are its history, not a jump).
+  ``margin_ratio_rise`` within ``window_ms`` — collateral eaten fast (named on the symbol of
+  the account's largest position, its positions listed in detail).
+An account needs ``min_history`` position events with a size before it can jump (its first
+positions are its history, not a jump; a close teaches no leverage, so an account first seen
+closing a position — a feed joined mid-stream — has no usual leverage yet). The score is
+the largest ratio among the rules that fired (new / usual leverage, notional / notional
+before), so a leverage jump is not scored by a notional ratio against nothing.
 
 Per symbol (cohort): accounts raising leverage (``cohort_raise`` x the position they
 replace, else the account's usual leverage, to at least ``min_leverage``) within
@@ -25,7 +37,8 @@ anomaly carries the event time of the position or account event that jumped.
 
 Severity: warning; critical when the new leverage reaches ``critical_leverage``, the
 notional ``critical_notional``, the margin ratio 0.95, or a cohort is 3x ``cohort_min``.
-Re-arm: an account re-fires within ``cooldown_ms`` only if its score doubles; a symbol's
+Re-arm: an account re-fires within ``cooldown_ms`` on the same symbol only if its score
+doubles (levering up onto another symbol is news for that symbol: it fires); a symbol's
 cohort episode ends after its condition has been clear for ``cooldown_ms`` (inside it,
 only a doubled score or a higher severity fires again). Warm-up: no cohort anomaly
 before ``warmup_ticks`` x ``tick_ms`` of event time on the symbol and 20 baseline ticks.
@@ -45,15 +58,19 @@ from __future__ import annotations
 from collections import deque
 
 from detectors.base import Detector, DetectorConfig
-from detectors.baseline import Baseline
+from detectors.baseline import Baseline, Cooldown
 from detectors.latch import Latch
 from detectors.rows import AccountRows
 from monitor.events import Account, Anomaly, Position
 from monitor.state import MarketState
 
 # per-account row fields
-N, LEV, NOTIONAL, BASE_NOTIONAL, BASE_TS, MR, MR_TS, FIRED_TS, FIRED_SCORE, TOTAL = range(10)
-FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "fired_ts", "fired_score", "total")
+N, LEV, NOTIONAL, BASE_NOTIONAL, BASE_TS, MR, MR_TS, TOTAL, EFF, EFF_N = range(10)
+FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "total", "eff", "eff_n")
+# ticks an account's effective leverage must have been seen at before it counts as its usual
+# (one observation says little: a calm account's book ranges over ~3x of its equity)
+MIN_EFF_OBSERVATIONS = 2
+NOTIONAL_EPS = 1e-3  # a running notional sum below this is float residue of a flat account, i.e. zero
 MIN_BASELINE = 20  # cohort baseline ticks needed on top of the event-time warm-up
 
 
@@ -68,8 +85,8 @@ class LeverageJumpConfig(DetectorConfig, kw_only=True):
     critical_leverage: float = 50.0
     critical_notional: float = 5_000_000.0
     fading: float = 0.3  # EW weight of the newest leverage in an account's history
-    min_history: int = 1  # position events an account needs before it can jump
-    min_effective_leverage: float = 10.0  # a notional jump counts when notional / equity reaches this
+    min_history: int = 1  # position events with a size an account needs before it can jump
+    min_effective_leverage: float = 10.0  # notional / equity needed by a notional or effective-leverage jump
     max_accounts: int = 2_000_000  # per-account state bound; least recently updated evicted
     cohort_window_ms: int = 60_000
     cohort_min: int = 10  # accounts raising leverage on one symbol within the window
@@ -107,6 +124,8 @@ class LeverageJump(Detector):
         super().__init__(config)
         self.accounts = AccountRows(FIELDS, self.config.max_accounts)
         self._syms: dict[str, _Sym] = {}
+        # per (account, symbol): as many keys as accounts kept, the least recently fired forgotten
+        self._cool = Cooldown(self.config.cooldown_ms, 2.0, max_keys=self.config.max_accounts)
         self._pending: list[tuple] = []  # events since the last tick, in order
         self._latch = Latch(self.config.cooldown_ms, 2.0)
 
@@ -116,7 +135,8 @@ class LeverageJump(Detector):
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         return {"accounts": (len(self.accounts), self.accounts.cap),
-                "latch": (len(self._latch), self._latch.max_keys)}
+                "latch": (len(self._latch), self._latch.max_keys),
+                "cooldown": (len(self._cool), self._cool.max_keys)}
 
     # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
@@ -145,7 +165,9 @@ class LeverageJump(Detector):
             st = state.accounts.get(acct)
             total = sum(p.notional() for p in st.positions.values()) if st is not None else 0.0
         else:
-            total = max(0.0, cols[TOTAL][i] + abs(ev.size) * ev.entry_price - (prev.notional() if prev else 0.0))
+            total = cols[TOTAL][i] + abs(ev.size) * ev.entry_price - (prev.notional() if prev else 0.0)
+            if total < NOTIONAL_EPS:
+                total = 0.0
         cols[TOTAL][i] = total
         self._pending.append((acct, ev.symbol, ev.leverage, prev.leverage if prev is not None else None,
                               ev.ts, ev.size, ev.margin_mode, total))
@@ -155,11 +177,14 @@ class LeverageJump(Detector):
         out: list[Anomaly] = []
         if self._pending:
             pending, self._pending = self._pending, []
-            for item in pending:
+            # an account's usual effective leverage learns its state at the end of the tick:
+            # positions arriving together (a first appearance) are one observation
+            last = {item[0]: k for k, item in enumerate(pending) if item[1] is not None}
+            for k, item in enumerate(pending):
                 if item[1] is None:
-                    self._margin(item, out)
+                    self._margin(item, state, out)
                 else:
-                    self._position(item, state, out)
+                    self._position(item, state, out, last[item[0]] == k)
         cfg = self.config
         horizon = now - cfg.cohort_window_ms
         for symbol, s in self._syms.items():
@@ -195,16 +220,12 @@ class LeverageJump(Detector):
                         "crossed": "accounts raising leverage on this symbol far above its usual count"}))
         return out
 
-    def _allow(self, i: int, ts: int, score: float) -> bool:
-        """Per-account re-fire rule: quiet for cooldown_ms unless the score doubles."""
-        cols = self.accounts.cols
-        if cols[FIRED_TS][i] and ts - cols[FIRED_TS][i] < self.config.cooldown_ms \
-                and score < 2.0 * cols[FIRED_SCORE][i]:
-            return False
-        cols[FIRED_TS][i], cols[FIRED_SCORE][i] = ts, score
-        return True
+    def _allow(self, acct: str, ts: int, score: float, symbol: str | None = None) -> bool:
+        """Per-account re-fire rule: quiet for cooldown_ms per (account, symbol) (margin
+        ratio: the account alone) unless the score doubles."""
+        return self._cool.allow((acct, symbol), ts, score)
 
-    def _position(self, item: tuple, state: MarketState, out: list[Anomaly]) -> None:
+    def _position(self, item: tuple, state: MarketState, out: list[Anomaly], final: bool = True) -> None:
         cfg = self.config
         acct, symbol, lev, prev_lev, ts, size, margin_mode, notional = item
         sym = self._syms[symbol]
@@ -217,32 +238,42 @@ class LeverageJump(Detector):
             return
         cols = self.accounts.cols
         n, usual, notional_col, base_n, base_ts = cols[N], cols[LEV], cols[NOTIONAL], cols[BASE_NOTIONAL], cols[BASE_TS]
+        usual_eff, eff_n = cols[EFF], cols[EFF_N]
         st = state.accounts.get(acct)
         # a raise on this symbol: vs the position it replaces, or (a new one) the account's usual leverage
         ref = prev_lev if prev_lev is not None else (usual[i] if n[i] else None)
         if ref is not None and size and lev >= cfg.cohort_raise * max(ref, 1.0) and lev >= cfg.min_leverage:
             sym.cur += 1
             sym.raisers.append((acct, ref, lev))
+        effective = notional / st.equity if st is not None and st.equity else None
         if n[i] >= cfg.min_history and size:
             reasons = []
             if lev >= cfg.min_leverage and lev >= cfg.lev_ratio * max(usual[i], 1.0):
                 reasons.append("leverage")
             in_window = ts - base_ts[i] <= cfg.window_ms
             base = base_n[i] if in_window else notional_col[i]
-            effective = notional / st.equity if st is not None and st.equity else None
+            eff_known = effective is not None and eff_n[i] >= MIN_EFF_OBSERVATIONS and usual_eff[i] > 0
+            eff_jump = eff_known and effective >= cfg.lev_ratio * usual_eff[i]
             if base > 0 and notional >= cfg.min_notional and notional >= cfg.notional_ratio * base \
-                    and (effective is None or effective >= cfg.min_effective_leverage):
+                    and (effective is None or effective >= cfg.min_effective_leverage) \
+                    and (eff_jump or not eff_known):
                 reasons.append("notional")
+            if eff_jump and effective >= cfg.min_effective_leverage and notional >= cfg.min_notional:
+                reasons.append("effective_leverage")
             if reasons:
-                score = max(lev / max(usual[i], 1.0), notional / max(base, 1.0))
+                score = max(lev / max(usual[i], 1.0) if "leverage" in reasons else 0.0,
+                            notional / base if "notional" in reasons else 0.0,
+                            effective / usual_eff[i] if "effective_leverage" in reasons else 0.0)
                 critical = lev >= cfg.critical_leverage or notional >= cfg.critical_notional
-                if self._allow(i, ts, score):
+                if self._allow(acct, ts, score, symbol):
                     out.append(Anomaly.make(
                         "leverage_jump", ts, score, "critical" if critical else "warning",
                         symbol=symbol, account=acct,
                         detail={"scope": "account", "reasons": reasons, "leverage": lev,
                                 "effective_leverage": round(effective, 3) if effective is not None else None,
-                                "usual_leverage": round(usual[i], 3), "notional": round(notional, 2),
+                                "usual_leverage": round(usual[i], 3),
+                                "usual_effective_leverage": round(usual_eff[i], 3) if usual_eff[i] else None,
+                                "notional": round(notional, 2),
                                 "notional_before": round(base, 2), "window_ms": cfg.window_ms,
                                 "margin_mode": margin_mode, "history": int(n[i]),
                                 "thresholds": {"lev_ratio": cfg.lev_ratio, "min_leverage": cfg.min_leverage,
@@ -251,17 +282,22 @@ class LeverageJump(Detector):
                                                "min_effective_leverage": cfg.min_effective_leverage},
                                 "crossed": " and ".join(
                                     {"leverage": "leverage far above the account's usual",
-                                     "notional": "notional far above what it held a window ago"}[r]
+                                     "notional": "notional far above what it held a window ago",
+                                     "effective_leverage": "notional / equity far above the account's usual"}[r]
                                     for r in reasons)}))
-        # learn: the account's usual leverage, and its notional as of window_ms ago
+        # learn: the account's usual leverage (from positions with a size: the history the
+        # rules need), and its notional as of window_ms ago
         if size:
             usual[i] = lev if n[i] == 0 else (1 - cfg.fading) * usual[i] + cfg.fading * lev
+            n[i] += 1
+            if effective is not None and final:
+                usual_eff[i] = effective if not usual_eff[i] else (1 - cfg.fading) * usual_eff[i] + cfg.fading * effective
+                eff_n[i] += 1
         if ts - base_ts[i] > cfg.window_ms:
             base_n[i], base_ts[i] = notional_col[i], ts
         notional_col[i] = notional
-        n[i] += 1
 
-    def _margin(self, item: tuple, out: list[Anomaly]) -> None:
+    def _margin(self, item: tuple, state: MarketState, out: list[Anomaly]) -> None:
         cfg = self.config
         acct, _, equity, mm, ts = item
         i = self.accounts.get(acct)
@@ -271,10 +307,15 @@ class LeverageJump(Detector):
         mr = mm / equity if equity > 0 else float("inf")
         prev, prev_ts = cols[MR][i], cols[MR_TS][i]
         if mr >= cfg.margin_ratio_warn and prev_ts and ts - prev_ts <= cfg.window_ms \
-                and mr - prev >= cfg.margin_ratio_rise and self._allow(i, ts, min(mr, 1e6)):
+                and mr - prev >= cfg.margin_ratio_rise and self._allow(acct, ts, min(mr, 1e6)):
+            # named on the symbol of its largest position: where the collateral is at stake
+            st = state.accounts.get(acct)
+            held = sorted(((p.notional(), sym) for sym, p in st.positions.items()), reverse=True) if st else []
             out.append(Anomaly.make(
                 "leverage_jump", ts, min(mr, 1e6), "critical" if mr >= 0.95 else "warning", account=acct,
+                symbol=held[0][1] if held else None,
                 detail={"scope": "account", "reasons": ["margin_ratio"], "margin_ratio": round(min(mr, 1e6), 4),
+                        "positions": [{"symbol": sym, "notional": round(n, 2)} for n, sym in held[:5]],
                         "margin_ratio_before": round(prev, 4), "equity": equity,
                         "maintenance_margin": mm, "window_ms": cfg.window_ms,
                         "thresholds": {"margin_ratio_warn": cfg.margin_ratio_warn,

@@ -25,6 +25,18 @@ of the book first; a band at the mark itself would otherwise have no depth at al
   ``density_factor`` x the average band notional of the scanned range (and
   ``min_cluster_notional``), with C/D >= ``factor`` x ``density_relax``.
 
+With ``contagion``, a side under pressure also looks at the other cross positions of the
+accounts in its band: liquidated on this symbol, they lose the collateral behind those
+too, and the venue closes them at market. A linked symbol where such flow in that
+direction reaches ``min_cluster_notional`` and ``factor`` x the depth within
+``critical_distance_bps`` of its mark gets its own warning (rule ``contagion``), so the
+second leg of a cascade can be flagged before the first forced liquidation. Off by default:
+it also flags the everyday cross positions of accounts caught in any cluster, which is
+true but noisy where the venue closes only the position that failed.
+
+Both are about clusters, so each must still hold without the band's largest account (one
+whale nearing its own liquidation price is not a cluster of them).
+
 Either also needs the side's smoothed pressure log1p(max C/(D + min_cluster_notional))
 to sit ``z_threshold`` above its own baseline (river EW stats, protected learning, std
 floored at ``STD_FLOOR``): a structurally thin symbol alarms when it gets worse, not forever. Warm-up: no anomaly
@@ -105,6 +117,7 @@ class ThinBookClusterConfig(DetectorConfig, kw_only=True):
     top_accounts: int = 5  # accounts named in detail
     rearm_ms: int = 60_000  # an episode ends after the condition is clear this long
     escalation: float = 2.0  # inside an episode, re-fire at this x the last score (or higher severity)
+    contagion: bool = False  # a pressure band also flags the cross positions it would drag on other symbols
 
     def __post_init__(self) -> None:
         parse_tiers(self.default_tiers)
@@ -144,7 +157,8 @@ class ThinBookCluster(Detector):
     Config = ThinBookClusterConfig
     consumes = (Position, Account, Mark, Liquidation)
     check_params = [{}, {"warmup_ticks": 8, "min_samples": 3, "min_cluster_notional": 1_000.0, "eval_ms": 250,
-                         "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2, "z_threshold": 1.5},
+                         "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2, "z_threshold": 1.5,
+                         "contagion": True},
                     {"warmup_ticks": 4, "min_samples": 2, "bucket_bps": 20.0, "max_distance_bps": 2_000.0,
                      "include_funding": False, "max_accounts": 4, "z_threshold": 0.5, "min_cluster_notional": 10.0,
                      "tiers": {"BTC-PERP": [(10_000.0, 0.01), (1e12, 0.02)]}}]
@@ -315,7 +329,9 @@ class ThinBookCluster(Detector):
             if not side.hist and not side.base.n:
                 continue
             scan = self._scan(side.hist, mark.mark, book, long)
-            self._judge(symbol, s, side, long, scan, now, state, mark.mark, out)
+            j = self._judge(symbol, s, side, long, scan, now, state, mark.mark, out)
+            if j is not None and self.config.contagion:
+                self._contagion(symbol, side, long, scan[0], j, now, state, out)
 
     def _scan(self, hist: dict[int, float], mark: float, book, long: bool):
         """Walk out from the mark over the non-empty buckets (C/D and band sums peak at one).
@@ -378,38 +394,50 @@ class ThinBookCluster(Detector):
                 dense_i, dense_n = i, n
         return km, cands, (best_i, best_r), smooth, (dense_i, dense_n, c * wb / (nb + 1))
 
-    def _judge(self, symbol, s, side: _Side, long: bool, scan, now: int, state, mark: float, out) -> None:
+    def _judge(self, symbol, s, side: _Side, long: bool, scan, now: int, state, mark: float, out) -> int | None:
+        """Decide the side; the qualifying band's far bucket j when the pressure rule holds."""
         cfg = self.config
         km, cands, (bi, r), smooth, (di, dn, avg_band) = scan
         z = side.base.observe(math.log1p(smooth), protect_above=cfg.z_threshold, one_sided=True)
         if s.ticks < cfg.warmup_ticks or not side.base.ready or z < cfg.z_threshold:
-            return
+            return None
         pressure = bi >= 0 and r >= cfg.factor
         dense = (di >= 0 and dn >= cfg.min_cluster_notional and dn >= cfg.density_factor * avg_band
                  and dn >= cfg.factor * cfg.density_relax * cands[di][2])
         if not (pressure or dense):
-            return
+            return None
         lb, wb = self._lb, max(1, int(round(cfg.density_band_bps / cfg.bucket_bps)))
         i = bi if pressure else di
         j, c_j, d_j = cands[i]
+        j0 = 0 if pressure else max(0, j - wb + 1)
+        buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
+        # a cluster is many accounts: the rule must still hold without the band's largest one
+        # (one whale nearing its own liquidation is that account's risk, not a cluster)
+        top = self._top(side, buckets, max(1, cfg.top_accounts))
+        largest = top[0][1] if top else 0.0
+        band_n = sum(side.hist.get(k, 0.0) for k in buckets)
+        if pressure:
+            rest = c_j - largest
+            if rest < cfg.min_cluster_notional or (d_j > 0 and rest < cfg.factor * d_j):
+                return None
+        elif band_n - largest < cfg.min_cluster_notional or band_n - largest < cfg.density_factor * avg_band \
+                or band_n - largest < cfg.factor * cfg.density_relax * d_j:
+            return None
+        found = j if pressure else None
         far = math.exp((km - j) * lb) if long else math.exp((km + j + 1) * lb)
         dist = abs(far - mark) / mark * 1e4
         if pressure:
-            j0 = 0
             critical = r >= cfg.critical_factor * cfg.factor or dist <= cfg.critical_distance_bps
             severity = "critical" if critical else "warning"
             score = min(r, 1e6)
         else:
-            j0 = max(0, j - wb + 1)
             severity = "info"
             score = min(dn / d_j, 1e6) if d_j > 0 else 1e6
         if not self._latch.fire((symbol, "long" if long else "short"), now, score, severity):
-            return
+            return found
         near = math.exp((km - j0 + 1) * lb) if long else math.exp((km + j0) * lb)
         near = min(mark, near) if long else max(mark, near)
-        buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
-        band_n = sum(side.hist.get(k, 0.0) for k in buckets)
-        top = self._top(side, buckets, cfg.top_accounts)
+        top = top[: cfg.top_accounts]
         venue = {}
         for acct, _ in top:
             for sym, liq, _n, v in self.liquidations(acct, state):
@@ -432,6 +460,7 @@ class ThinBookCluster(Detector):
             "band": {"from_price": round(near, 8), "to_price": round(far, 8),
                      "distance_bps": round(dist, 1), "near_distance_bps": round(abs(near - mark) / mark * 1e4, 1)},
             "cluster_notional": round(band_n, 2),
+            "largest_account_share": round(largest / band_n, 4) if band_n > 0 else None,
             "forced_notional_mark_to_band": round(c_j, 2),
             "absorbing_depth": round(d_j, 2),
             "ratio": round(c_j / d_j, 3) if d_j > 0 else None,
@@ -453,6 +482,70 @@ class ThinBookCluster(Detector):
                     "on public feeds",
         }
         out.append(Anomaly.make("thin_book_cluster", now, score, severity, symbol=symbol, detail=detail))
+        return found
+
+    def _contagion(self, symbol: str, side: _Side, long: bool, km: int, j: int, now: int, state, out) -> None:
+        """Forced flow this band would set off on other symbols through shared collateral.
+
+        An account liquidated on ``symbol`` under cross margin loses the collateral behind
+        its other cross positions too: the venue closes them at market, so their flow (same
+        direction: longs are sold) hits those books when *this* band is reached, whatever
+        their own liquidation prices say. Per linked symbol: that notional, against the
+        depth within ``critical_distance_bps`` of its mark.
+        """
+        cfg = self.config
+        linked: dict[str, list] = {}  # symbol -> [notional, accounts]
+        accounts = state.accounts
+        for b in range(km - j, km + 1) if long else range(km, km + j + 1):
+            m = side.members.get(b)
+            if not m:
+                continue
+            for acct in m:
+                st = accounts.get(acct)
+                if st is None:
+                    continue
+                here = st.positions.get(symbol)
+                if here is None or here.isolated or len(st.positions) < 2:
+                    continue
+                for other, p in st.positions.items():
+                    if other == symbol or p.isolated or (p.size > 0) != long or not p.size:
+                        continue
+                    px = state.price(other)
+                    if px is None:
+                        continue
+                    row = linked.get(other)
+                    if row is None:
+                        row = linked[other] = [0.0, 0]
+                    row[0] += abs(p.size) * px
+                    row[1] += 1
+        for other in sorted(linked):
+            notional, n = linked[other]
+            if notional < cfg.min_cluster_notional:
+                continue
+            book = state.books.get(other)
+            if book is None or not book.reliable:
+                continue
+            bids, asks = book.depth_within_bps(cfg.critical_distance_bps)
+            depth = bids if long else asks
+            ratio = notional / depth if depth > 0 else math.inf
+            if ratio < cfg.factor:
+                continue
+            score = min(ratio, 1e6)
+            if not self._latch.fire((other, "long" if long else "short", "contagion"), now, score, "warning"):
+                continue
+            out.append(Anomaly.make("thin_book_cluster", now, score, "warning", symbol=other, detail={
+                "side": "long" if long else "short",
+                "rule": "contagion",
+                "forced_flow": ("sell into bids" if long else "buy into asks") + f" when {symbol}'s band is reached",
+                "source_symbol": symbol,
+                "linked_notional": round(notional, 2),
+                "linked_accounts": n,
+                "depth_within_critical_distance": round(depth, 2),
+                "critical_distance_bps": cfg.critical_distance_bps,
+                "ratio": round(ratio, 3) if depth > 0 else None,
+                "thresholds": {"min_cluster_notional": cfg.min_cluster_notional, "factor": cfg.factor},
+                "crossed": f"cross positions of accounts in {symbol}'s forced-flow band, liquidated with them",
+            }))
 
     @staticmethod
     def _top(side: _Side, buckets, k: int) -> list[tuple[str, float]]:

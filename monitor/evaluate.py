@@ -7,7 +7,9 @@ anomaly but ``feed_gap`` on either of its symbols in the 10 minutes before its f
 forced liquidation; its lead time is that liquidation minus the earliest such anomaly.
 False alerts: anomalies (``feed_gap`` aside: the simulator really drops messages) that
 fall in no label's window, per hour of event time outside every window. Alerts during
-``benign_surge`` labels are counted apart: there should be none.
+``benign_surge`` labels are counted apart: there should be none. ``missed`` lists the
+labels not detected and ``false_alert_ids`` the false alerts (for diagnosis; they change no
+count).
 
 >>> from monitor.simulate.scenarios import Label
 >>> a = [{"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_500, "id": "1"}]
@@ -40,6 +42,7 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
                                                "account": pl.Utf8, "ts": pl.Int64}, strict=False)
     an = an.filter(~pl.col("kind").is_in(list(IGNORED)))
     per_kind: dict[str, list[int]] = {}
+    missed: list[dict[str, Any]] = []
     leads: list[dict[str, Any]] = []
     explained = pl.Series("explained", [False] * an.height, dtype=pl.Boolean)
     for label in labels:
@@ -63,6 +66,8 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
             per_kind.setdefault("cascade", [0, 0])
             per_kind["cascade"][0] += 1
             per_kind["cascade"][1] += lead is not None
+            if lead is None:
+                missed.append(_label_row(label))
             continue
         hits = an.filter(on_symbol & pl.col("kind").is_in(list(MATCH.get(label.kind, {label.kind}))))
         if label.account:
@@ -70,6 +75,8 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
         per_kind.setdefault(label.kind, [0, 0])
         per_kind[label.kind][0] += 1
         per_kind[label.kind][1] += hits.height > 0
+        if not hits.height:
+            missed.append(_label_row(label))
     benign = [lb for lb in labels if lb.kind == "benign_surge"]
     benign_alerts = sum(an.filter((pl.col("ts") >= b.start_ts) & (pl.col("ts") <= b.end_ts + grace_ms)).height
                         for b in benign)
@@ -87,7 +94,14 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
         "cascades": leads,
         "median_cascade_lead_s": float(pl.Series(lead_values).median()) if lead_values else None,
         "false_alert_sample": false.sort("ts").head(10).to_dicts(),
+        "false_alert_ids": false["id"].to_list(),
+        "missed": missed,
     }
+
+
+def _label_row(label: Label) -> dict[str, Any]:
+    return {"kind": label.kind, "symbol": label.symbol, "account": label.account, "start_ts": label.start_ts,
+            "end_ts": label.end_ts, "first_liquidation_ts": label.first_liquidation_ts}
 
 
 def _covered_ms(labels: list[Label], grace_ms: int, start_ts: int, end_ts: int) -> int:

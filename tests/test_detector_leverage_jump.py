@@ -58,3 +58,82 @@ def test_per_account_state_is_bounded():
     p = Pipeline(MarketState(), [d], tick_ms=250)
     p.process([pos(f"a{i}", T0 + i, 1, 2) for i in range(1000)])
     assert len(d.accounts) == 100 and d.evicted == 900 and "a999" in d.accounts
+
+
+def test_account_first_seen_closing_has_no_usual_leverage_yet():
+    """A feed joined mid-stream: an account first seen closing a position, then opening at its
+    usual 20x, is not a jump (the close taught no usual leverage)."""
+    events = [pos("a", T0, 0.0, 20), pos("a", T0 + 30_000, 3000, 20, symbol="ETH-PERP"),
+              pos("a", T0 + 90_000, 2500, 20, symbol="ETH-PERP"), Heartbeat(ts=T0 + 100_000)]
+    assert run(events) == []
+
+
+def test_leverage_only_jump_is_scored_by_its_leverage_ratio():
+    """A jump on leverage alone (notional below min_notional) scores new / usual leverage, not a notional ratio."""
+    out = run([pos("a", T0, 1, 3), pos("a", T0 + 60_000, 1, 3), pos("a", T0 + 61_000, 500, 30),
+               Heartbeat(ts=T0 + 62_000)])
+    [a] = out
+    assert a.detail["reasons"] == ["leverage"] and a.score == 30 / a.detail["usual_leverage"]
+
+
+def test_flat_account_opening_far_above_its_usual_effective_leverage():
+    """An account usually at ~5x its equity, flat for a while, opening 24x its equity at a
+    leverage setting not far above its usual: flagged on effective leverage."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=20_000, maintenance_margin=0)  # noqa: E731
+    hb = lambda ts: Heartbeat(ts=ts + 500)  # noqa: E731  (a tick between the changes)
+    events = [pos("a", T0, 1000, 15), eq(T0 + 1), hb(T0), pos("a", T0 + 30_000, 900, 15), eq(T0 + 30_001),
+              hb(T0 + 30_000), pos("a", T0 + 60_000, 0, 15), eq(T0 + 60_001), hb(T0 + 60_000),
+              pos("a", T0 + 200_000, 4800, 25, symbol="ETH-PERP"), eq(T0 + 200_001), Heartbeat(ts=T0 + 201_000)]
+    [a] = run(events)
+    assert a.detail["reasons"] == ["effective_leverage"] and a.ts == T0 + 200_000
+    assert a.detail["effective_leverage"] == 24.0 and round(a.detail["usual_effective_leverage"], 2) == 4.85
+
+
+def test_levering_up_on_two_symbols_at_once_flags_both():
+    """One account going 3x -> 40x on BTC and, on the same collateral, opening 10x on ETH in the
+    same second: one anomaly per symbol (the cool-down is per symbol); none again on BTC."""
+    events = [pos("a", T0, 100, 3), pos("a", T0 + 60_000, 100, 3),
+              pos("a", T0 + 61_000, 2000, 40), pos("a", T0 + 61_000, 500, 10, symbol="ETH-PERP"),
+              pos("a", T0 + 70_000, 2100, 40), Heartbeat(ts=T0 + 72_000)]
+    out = run(events)
+    assert [(a.symbol, a.ts) for a in out] == [("BTC-PERP", T0 + 61_000), ("ETH-PERP", T0 + 61_000)]
+
+
+def test_first_positions_arriving_together_are_history_not_a_jump():
+    """An account first seen with a small and a large position in the same tick (its book at
+    the start of the feed) is not a jump on effective leverage."""
+    eq = Account(account="a", ts=T0 + 2, equity=10_000, maintenance_margin=0)
+    events = [pos("a", T0, 200, 20), pos("a", T0 + 1, 1000, 20, symbol="ETH-PERP"), eq, Heartbeat(ts=T0 + 5_000)]
+    assert run(events) == []
+
+
+def test_back_to_normal_size_after_a_small_position_is_not_a_jump():
+    """An account at its usual ~10x on its equity, down to a small position for a few minutes,
+    then back to ~10x: notional x12 on the small one, but not far above its usual."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=10_000, maintenance_margin=0)  # noqa: E731
+    hb = lambda ts: Heartbeat(ts=ts + 500)  # noqa: E731
+    events = [pos("a", T0, 1000, 20), eq(T0 + 1), hb(T0), pos("a", T0 + 100_000, 1100, 20), eq(T0 + 100_001),
+              hb(T0 + 100_000), pos("a", T0 + 200_000, 80, 20), eq(T0 + 200_001), hb(T0 + 200_000),
+              pos("a", T0 + 400_000, 1000, 20), eq(T0 + 400_001), Heartbeat(ts=T0 + 401_000)]
+    assert run(events) == []
+
+
+def test_margin_ratio_anomaly_is_named_on_the_largest_position():
+    """An account's margin-ratio anomaly carries the symbol of its largest position (routes
+    and incidents match on symbols), its positions listed in detail."""
+    out = run([pos("a", T0, 10, 2, symbol="ETH-PERP"), pos("a", T0, 50, 2),
+               Account(account="a", ts=T0, equity=1000, maintenance_margin=300),
+               Account(account="a", ts=T0 + 20_000, equity=400, maintenance_margin=360),
+               Heartbeat(ts=T0 + 21_000)])
+    [a] = out
+    assert a.detail["reasons"] == ["margin_ratio"] and a.symbol == "BTC-PERP"
+    assert [p["symbol"] for p in a.detail["positions"]] == ["BTC-PERP", "ETH-PERP"]
+
+
+def test_one_observation_is_not_a_usual_effective_leverage():
+    """An account seen once at 3x its equity, then at 13x on a second position: one observation
+    is not its usual (a calm book ranges widely), so no effective-leverage jump."""
+    eq = lambda ts: Account(account="a", ts=ts, equity=10_000, maintenance_margin=0)  # noqa: E731
+    events = [pos("a", T0, 300, 20), eq(T0 + 1), Heartbeat(ts=T0 + 500),
+              pos("a", T0 + 100_000, 1000, 20, symbol="ETH-PERP"), eq(T0 + 100_001), Heartbeat(ts=T0 + 101_000)]
+    assert run(events) == []

@@ -212,3 +212,54 @@ def test_sub_unit_prices_keep_longs_and_shorts_apart():
         d.on_event(e, st)
     d.on_tick(T0 + 500, st)
     assert s.long.hist == {} and s.short.hist == {} and len(d._contrib) == 0
+
+
+def _with_linked_positions(isolated_second: bool, whales: int = 30):
+    """market() with, at t=150 s, ``whales`` cross accounts opening 40x BTC longs (~2% below
+    the mark) whose collateral also backs a 10x long on ETH-PERP (a book of ~1e5 notional
+    within 100 bps of its mark 50)."""
+    ev = market()
+    eth = Book(symbol="ETH-PERP", ts=T0, seq=1, snapshot=True, bids=[(50 - 0.05 * k, 200.0) for k in range(1, 21)],
+               asks=[(50 + 0.05 * k, 200.0) for k in range(1, 21)])
+    at = next(i for i, e in enumerate(ev) if e.ts >= T0 + 150_000)
+    ts = ev[at].ts
+    extra = []
+    for i in range(whales):
+        name = f"whale-{i}"
+        extra += [Position(account=name, symbol=SYM, ts=ts, size=300.0, entry_price=100.0, leverage=40.0,
+                           margin_mode="cross"),
+                  Position(account=name, symbol="ETH-PERP", ts=ts, size=400.0, entry_price=50.0, leverage=10.0,
+                           margin_mode="isolated" if isolated_second else "cross"),
+                  Account(account=name, ts=ts, equity=700.0)]  # thin collateral: BTC liquidates ~1.5% down
+    return ev[:1] + [eth] + ev[1:at] + extra + ev[at:]
+
+
+def test_contagion_flags_the_linked_symbol_of_a_cross_cluster():
+    """A cluster of cross accounts on BTC whose collateral also backs ETH longs: ETH is flagged
+    too (rule contagion, from BTC), naming the flow those accounts' liquidation would dump."""
+    out, _, _ = run(_with_linked_positions(isolated_second=False), contagion=True)
+    assert any(a.symbol == SYM and a.detail["rule"] == "pressure" for a in out)
+    [eth] = [a for a in out if a.symbol == "ETH-PERP"]
+    assert eth.detail["rule"] == "contagion" and eth.detail["source_symbol"] == SYM
+    assert eth.detail["linked_accounts"] == 30 and eth.detail["linked_notional"] == pytest.approx(30 * 400 * 50.0)
+    assert eth.severity == "warning"
+
+
+def test_no_contagion_through_isolated_positions():
+    """The same cluster whose ETH legs are isolated: their margin is their own, ETH stays quiet."""
+    out, _, _ = run(_with_linked_positions(isolated_second=True), contagion=True)
+    assert any(a.symbol == SYM for a in out)
+    assert [a for a in out if a.symbol == "ETH-PERP"] == []
+
+
+def test_contagion_is_off_by_default():
+    """Without contagion = true, the linked symbol is not flagged."""
+    out, _, _ = run(_with_linked_positions(isolated_second=False))
+    assert any(a.symbol == SYM for a in out) and [a for a in out if a.symbol == "ETH-PERP"] == []
+
+
+def test_one_whale_near_its_liquidation_is_not_a_cluster():
+    """One account holding as much as the 30-account cluster, in the same band: not a cluster
+    (without it the band holds nothing); the 30 accounts are."""
+    assert run(market(cluster_at=150, whales=1, whale_notional=900_000.0))[0] == []
+    assert run(market(cluster_at=150, whales=30, whale_notional=30_000.0))[0]

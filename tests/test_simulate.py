@@ -109,3 +109,33 @@ def test_demo_receiver_checks_signatures_and_keeps_latest_state():
     rx.receive(sign(b"k", other, 1), other)
     assert list(rx.incidents) == ["inc-2"]  # bounded: the oldest heard-of went
     assert (rx.posts, rx.verified, rx.rejected) == (6, 3, 3)
+
+
+def test_stress_episodes_end():
+    """A cascade is an episode: at its end the thinned book and the pushed prices are released,
+    and its accounts still open de-lever; a levered-up account goes back to what it held."""
+    from monitor.simulate.scenarios import HOLD_MS, LeverageJump, LiquidationCluster, build
+
+    m, labels = build("cascade", seed=3, seconds=720, accounts=400)
+    cluster = next(a for a in m.actors if isinstance(a, LiquidationCluster))
+    first, second = m.by_name[cluster.symbol], m.by_name[cluster.second]
+    end_s = (cluster.end - m.ts) / 1000
+    for _ in m.run(end_s - 30):
+        pass
+    assert first.thin < 1.0 and second.drift_per_s < 0  # mid-episode: thin book, forced selling
+    for _ in m.run(30 + cluster.UNWIND_MS / 1000 + 1):
+        pass
+    assert first.thin == 1.0 and first.drift_per_s == 0.0 and second.drift_per_s == 0.0
+    levered = [a.name for a in m.accounts if a.positions.get(cluster.symbol, (0, 0, 0))[2] > 25]  # ~40x
+    assert levered == [] and cluster.open == {} and cluster.unwind == []
+    assert labels[0].first_liquidation_ts is not None
+
+    m, labels = build("leverage_jump", seed=3, seconds=720, accounts=400)
+    jump = next(a for a in m.actors if isinstance(a, LeverageJump))
+    acct = next(a for a in m.accounts if a.name == jump.account)
+    for _ in m.run((jump.start - m.ts) / 1000 + 1):
+        pass
+    assert acct.positions[jump.symbol][2] == jump.leverage
+    for _ in m.run(HOLD_MS / 1000):
+        pass
+    assert jump.restored and acct.positions.get(jump.symbol) == jump.before

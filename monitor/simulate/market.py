@@ -19,10 +19,13 @@ True
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from dataclasses import dataclass, field
 from typing import Iterator
+
+from monitor.state.liquidation import DEFAULT_TIERS, liquidation_price
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,30 @@ DEFAULT_SYMBOLS = [
     SymbolSpec("LINK-PERP", 14.0, 0.001, 0.00033, 1.1, 15_000.0),
 ]
 
-MMR = 0.005  # maintenance margin rate used for the accounts' liquidation prices
+MMR = 0.005  # maintenance margin rate used for the accounts' liquidation prices (scenarios, cross accounts)
+TAKER_FEE = 0.0005  # charged on a forced close (part of an isolated position's liquidation price)
+
+
+def isolated_liq(size: float, entry: float, leverage: float) -> float | None:
+    """The venue's liquidation price of an isolated position: its margin (1/leverage of the
+    entry notional) down to the maintenance tier of its notional plus the closing fee."""
+    return liquidation_price(size, entry, leverage, tiers=DEFAULT_TIERS, fee=TAKER_FEE)
+
+
+def max_notional(leverage: float) -> float:
+    """The venue's leverage brackets: a position at ``leverage`` may be at most as large as
+    the last maintenance tier (perpwatch's default tiers) whose rate is <= half its
+    initial margin 1 / leverage, as venues cap leverage by notional.
+
+    >>> max_notional(20.0), max_notional(5.0)
+    (5000000.0, inf)
+    """
+    cap = 0.0
+    for up_to, rate in DEFAULT_TIERS:
+        if rate * 2 > 1 / leverage:
+            break
+        cap = up_to
+    return cap
 FAR_LEVELS = 25  # coarse-grid levels a side beyond the tick levels (20 bps apart: out to ~5%)
 
 
@@ -65,6 +91,11 @@ class SymbolState:
     drift_per_s: float = 0.0  # scenarios push prices with this (log return per second)
     thin: float = 1.0  # scenarios thin the book: level sizes are multiplied by this
     coarse: float = 0.0  # grid step of the far levels (set at start: 20 bps of the price)
+    # the venue's liquidation engine for isolated positions: (-liq, account, size, entry) for
+    # longs (the highest liquidation price on top), (liq, account, size, entry) for shorts;
+    # an entry no longer matching the account's position is stale and skipped
+    liq_longs: list = field(default_factory=list)
+    liq_shorts: list = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +151,7 @@ class Market:
         factor = self.rng.gauss(0.0, 1.0)
         for s in self.symbols:
             self._step_symbol(s, factor, dt, out)
+            self._liquidations(s, out)
         if self.ts >= self.next_mark_ts:
             self.next_mark_ts += 1000
             for s in self.symbols:
@@ -328,7 +360,7 @@ class Market:
                 return
             size, entry = 0.0, old[1]
         else:
-            notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room)
+            notional = min(a.equity * lev * rng.uniform(0.2, 0.5), room, max_notional(lev))
             size = round(notional / s.mid * (1 if rng.random() < 0.52 else -1), 6)
             entry = _r(s.mid * math.exp(rng.gauss(0.0, 0.02)) if opened_earlier else s.mid)
         s.open_interest = max(0.0, s.open_interest - abs(old[0]) if old else s.open_interest) + abs(size)
@@ -340,8 +372,39 @@ class Market:
               "entry_price": entry, "leverage": lev, "margin_mode": "isolated" if a.isolated else "cross"}
         if size:
             sign = 1 if size > 0 else -1
-            ev["liq_price"] = _r(max(entry * (1 - sign * (1 / lev - MMR)), 0.0))
+            liq = isolated_liq(size, entry, lev) if a.isolated else None
+            if liq is not None and opened_earlier and (liq >= s.mid if size > 0 else liq <= s.mid):
+                entry = ev["entry_price"] = _r(s.mid)  # one already past it would have been closed: opened now
+                a.positions[s.spec.name] = (size, entry, lev)
+                liq = isolated_liq(size, entry, lev)
+            if liq is not None:
+                heapq.heappush(s.liq_longs if size > 0 else s.liq_shorts,
+                               (-liq if size > 0 else liq, a.name, size, entry))
+            else:
+                liq = max(entry * (1 - sign * (1 / lev - MMR)), 0.0)
+            ev["liq_price"] = _r(liq)
         out.append(ev)
+
+    def _liquidations(self, s: SymbolState, out: list[dict]) -> None:
+        """The venue closes isolated positions whose liquidation price the price has reached."""
+        for heap, long in ((s.liq_longs, True), (s.liq_shorts, False)):
+            while heap and (-heap[0][0] >= s.mid if long else heap[0][0] <= s.mid):
+                _, name, size, entry = heapq.heappop(heap)
+                a = self.accounts[int(name[2:])]
+                pos = a.positions.get(s.spec.name)
+                if pos is None or pos[0] != size or pos[1] != entry or not a.isolated:
+                    continue  # changed since (or taken over by a scenario)
+                del a.positions[s.spec.name]
+                s.open_interest = max(0.0, s.open_interest - abs(size))
+                px = round(s.mid, 10)
+                side = "sell" if long else "buy"
+                out.append({"type": "liquidation", "symbol": s.spec.name, "ts": self.ts, "side": side, "price": px,
+                            "size": abs(size), "account": name})
+                out.append({"type": "trade", "symbol": s.spec.name, "ts": self.ts, "price": px, "size": abs(size),
+                            "side": side, "liquidation": True})
+                out.append({"type": "position", "account": name, "symbol": s.spec.name, "ts": self.ts, "size": 0.0,
+                            "entry_price": entry, "leverage": pos[2], "margin_mode": "isolated"})
+                out.append(self._account_event(a))
 
     def _account_event(self, a: AccountSim) -> dict:
         mm = sum(abs(sz) * self.by_name[sym].mid * MMR for sym, (sz, _, _) in a.positions.items())

@@ -99,20 +99,49 @@ class BenignSurge(_Window):
             self.base = None
 
 
+HOLD_MS = 90_000  # a levered-up account de-levers (back to what it held) this long after its raise
+
+
+def _restore(m: Market, name: str, symbol: str, before: tuple[float, float, float] | None, out: list[dict]) -> None:
+    """The account goes back to the position it held on ``symbol`` before the episode."""
+    a = next(a for a in m.accounts if a.name == name)
+    s = m.by_name[symbol]
+    if before is None:
+        old = a.positions.pop(symbol, None)
+        out.append({"type": "position", "account": name, "symbol": symbol, "ts": m.ts, "size": 0.0,
+                    "entry_price": old[1] if old else round(s.mid, 10), "leverage": a.leverage,
+                    "margin_mode": "isolated" if a.isolated else "cross"})
+    else:
+        a.positions[symbol] = before
+        ev = _position(m, name, s, before[0], before[2], a.isolated)
+        ev["entry_price"] = before[1]
+        out.append(ev)
+    out.append(m._account_event(a))
+
+
 class LeverageJump(_Window):
-    """One account goes from low leverage to ``leverage`` with ``x`` times the notional."""
+    """One account goes from low leverage to ``leverage`` with ``x`` times the notional,
+    and goes back to what it held ``HOLD_MS`` later (an episode, not a new normal)."""
 
     def __init__(self, symbol: str, account: str, at: int, leverage: float = 25.0, x: float = 8.0) -> None:
         super().__init__(at, at + 1)
         self.symbol, self.account, self.leverage, self.x = symbol, account, leverage, x
         self.done = False
+        self.before: tuple[float, float, float] | None = None
+        self.restored = False
 
     def __call__(self, m: Market, out: list[dict]) -> None:
-        if self.done or m.ts < self.start:
+        if self.restored or m.ts < self.start:
+            return
+        if self.done:
+            if m.ts >= self.start + HOLD_MS:
+                self.restored = True
+                _restore(m, self.account, self.symbol, self.before, out)
             return
         self.done = True
         a = next(a for a in m.accounts if a.name == self.account)
         s = m.by_name[self.symbol]
+        self.before = a.positions.get(self.symbol)
         base = sum(abs(sz) * m.by_name[sym].mid for sym, (sz, _, _) in a.positions.items()) or a.equity * 3
         size = round(base * self.x / s.mid, 6)
         a.positions[self.symbol] = (size, s.mid, self.leverage)
@@ -121,31 +150,44 @@ class LeverageJump(_Window):
 
 
 class LeverageCohort(_Window):
-    """``n`` accounts raise leverage on one symbol within the window (crowding)."""
+    """``n`` accounts raise leverage on one symbol within the window (crowding); each goes
+    back to what it held there ``HOLD_MS`` after its raise."""
 
     def __init__(self, symbol: str, accounts: list[str], start: int, end: int) -> None:
         super().__init__(start, end)
         self.symbol = symbol
         step = (end - start) / max(1, len(accounts))
         self.schedule = [(int(start + i * step), a) for i, a in enumerate(accounts)]
+        self.unwind: list[tuple[int, str, tuple[float, float, float] | None]] = []
 
     def __call__(self, m: Market, out: list[dict]) -> None:
         while self.schedule and self.schedule[0][0] <= m.ts:
             _, name = self.schedule.pop(0)
             a = next(a for a in m.accounts if a.name == name)
             s = m.by_name[self.symbol]
+            self.unwind.append((m.ts + HOLD_MS, name, a.positions.get(self.symbol)))
             lev = float(m.rng.choice((20, 25, 30)))
             size = round(a.equity * lev * 0.6 / s.mid, 6)
             a.positions[self.symbol] = (size, s.mid, lev)
             out.append(_position(m, a.name, s, size, lev, a.isolated))
             out.append(m._account_event(a))
+        while self.unwind and self.unwind[0][0] <= m.ts:
+            _, name, before = self.unwind.pop(0)
+            _restore(m, name, self.symbol, before, out)
 
 
 class LiquidationCluster(_Window):
     """Accounts open longs whose liquidation prices converge into a band ``distance``
     below mark, and the bids there thin out. With ``push``, price is then driven into
     the band: positions are liquidated as mark crosses them (forced sells), and their
-    accounts' cross positions on ``second`` are liquidated too (shared collateral)."""
+    accounts' cross positions on ``second`` are liquidated too (shared collateral).
+
+    The stress is an episode, not a new regime: at ``end`` the book's liquidity comes
+    back (the thinned levels and the thinning of new ones), the forced selling on
+    ``second`` stops, and the cluster's accounts still open de-lever (close what the
+    episode made them open) over the following ``UNWIND_MS``."""
+
+    UNWIND_MS = 30_000
 
     def __init__(self, symbol: str, accounts: list[str], start: int, end: int, distance: float = 0.02,
                  push_at: int | None = None, second: str | None = None, labels: list[Label] = ()) -> None:
@@ -158,6 +200,10 @@ class LiquidationCluster(_Window):
         self.open: dict[str, float] = {}  # account -> liquidation price
         self.first_liquidation_ts: int | None = None
         self.thinned = False
+        self.restore: dict[float, float] = {}  # thinned bid levels -> their size before
+        self.pushed_second = False
+        self.released = False
+        self.unwind: list[tuple[int, str]] = []  # (when, account) closing after the end
 
     def __call__(self, m: Market, out: list[dict]) -> None:
         if m.ts < self.start:
@@ -181,17 +227,42 @@ class LiquidationCluster(_Window):
                 out.append(_position(m, a.name, s2, size2, 10.0, False))
         if not self.thinned and not self.schedule:
             self.thinned = True
-            s.thin = 0.2  # liquidity in the band and below it is thin from now on
+            s.thin = 0.2  # liquidity in the band and below it is thin until the end
             lo, hi = s.mid * (1 - self.distance * 1.6), s.mid * (1 - self.distance * 0.4)
-            m.emit_book(s, {p: round(q * 0.2, 6) for p, q in s.bids.items() if lo <= p <= hi}, {}, out)
-        if self.push_at is not None and m.ts >= self.push_at:
-            if m.ts < self.end:
-                s.drift_per_s = -self.distance * 1.6 / max(1.0, (self.end - self.push_at) / 1000)
-            else:
-                s.drift_per_s = 0.0
+            self.restore = {p: q for p, q in s.bids.items() if lo <= p <= hi}
+            m.emit_book(s, {p: round(q * 0.2, 6) for p, q in self.restore.items()}, {}, out)
+        if self.push_at is not None and self.push_at <= m.ts < self.end:
+            s.drift_per_s = -self.distance * 1.6 / max(1.0, (self.end - self.push_at) / 1000)
             self._liquidate(m, s, out)
         elif m.ts >= self.end:
-            s.thin = 1.0
+            if not self.released:
+                self._release(m, s, out)
+            self._unwind(m, out)
+
+    def _release(self, m: Market, s: SymbolState, out: list[dict]) -> None:
+        self.released = True
+        s.thin = 1.0
+        if self.push_at is not None:
+            s.drift_per_s = 0.0
+        if self.pushed_second:
+            m.by_name[self.second].drift_per_s = 0.0
+        back = {p: q for p, q in self.restore.items() if p in s.bids}
+        if back:
+            m.emit_book(s, back, {}, out)
+        step = self.UNWIND_MS / max(1, len(self.open))
+        self.unwind = [(int(m.ts + i * step), name) for i, name in enumerate(sorted(self.open))]
+        self.open.clear()
+
+    def _unwind(self, m: Market, out: list[dict]) -> None:
+        while self.unwind and self.unwind[0][0] <= m.ts:
+            _, name = self.unwind.pop(0)
+            a = next(a for a in m.accounts if a.name == name)
+            for sym in [self.symbol] + ([self.second] if self.second else []):
+                pos = a.positions.pop(sym, None)
+                if pos is not None:
+                    out.append({"type": "position", "account": name, "symbol": sym, "ts": m.ts, "size": 0.0,
+                                "entry_price": pos[1], "leverage": pos[2], "margin_mode": "cross"})
+            out.append(m._account_event(a))
 
     def _liquidate(self, m: Market, s: SymbolState, out: list[dict]) -> None:
         for name, liq in list(self.open.items()):
@@ -213,6 +284,7 @@ class LiquidationCluster(_Window):
                             "entry_price": pos[1], "leverage": pos[2], "margin_mode": "cross"})
                 if sym != self.symbol:
                     sym_state.drift_per_s = min(sym_state.drift_per_s, -0.002)  # forced selling moves it
+                    self.pushed_second = True
             if self.first_liquidation_ts is None:
                 self.first_liquidation_ts = m.ts
                 for label in self.labels:
