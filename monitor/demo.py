@@ -27,7 +27,7 @@ from rich.table import Table
 from monitor import logs
 from monitor.config import load
 from monitor.daemon import Daemon
-from monitor.events import Anomaly
+from monitor.events import Anomaly, max_severity
 from monitor.simulate.scenarios import build
 from monitor.simulate.receiver import WebhookReceiver
 from monitor.store import Store
@@ -37,18 +37,36 @@ SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 SECRET_ENV = "PERPWATCH_DEMO_HOOK_SECRET"
 
 
-class ConsoleSink:
-    """Keeps the latest anomalies for the live view; counts them by kind."""
+class AnomalyGroup:
+    """Anomalies of one kind on one symbol: how many, from how many accounts, the latest."""
 
-    def __init__(self, keep: int = 12) -> None:
+    __slots__ = ("count", "accounts", "latest", "worst")
+
+    def __init__(self, a: Anomaly) -> None:
+        self.count, self.accounts, self.latest, self.worst = 0, set(), a, a.severity
+
+
+class ConsoleSink:
+    """The live view's memory: anomalies grouped by (kind, symbol), newest group first.
+    Bounded by kinds x symbols; each group remembers at most ``max_accounts`` accounts."""
+
+    def __init__(self, keep: int = 12, max_accounts: int = 10_000) -> None:
         self.kinds: Counter[str] = Counter()
-        self.latest: list[Anomaly] = []
+        self.groups: dict[tuple[str, str], AnomalyGroup] = {}
         self.keep = keep
+        self.max_accounts = max_accounts
 
     async def handle(self, anomalies: list[Anomaly]) -> None:
         for a in anomalies:
             self.kinds[a.kind] += 1
-        self.latest = (self.latest + anomalies)[-self.keep:]
+            key = (a.kind, a.symbol or "")
+            g = self.groups.pop(key, None) or AnomalyGroup(a)
+            self.groups[key] = g  # re-inserted: the newest group last
+            g.count += 1
+            g.latest = a
+            g.worst = max_severity(g.worst, a.severity)
+            if a.account and len(g.accounts) < self.max_accounts:
+                g.accounts.add(a.account)
 
     async def drain(self, deadline: float) -> None:
         return None
@@ -56,15 +74,16 @@ class ConsoleSink:
     def table(self) -> Table:
         from monitor.cli import fmt_ts, summarize_detail
 
-        t = Table(expand=True, title="latest anomalies (event time)", title_justify="left")
-        for col, kw in (("time", {"no_wrap": True}), ("severity", {}), ("kind", {}), ("symbol", {}),
-                        ("account", {}), ("score", {}), ("detail", {"ratio": 1, "overflow": "ellipsis",
-                                                                   "no_wrap": True})):
+        t = Table(expand=True, title="anomalies by kind and symbol, latest first (event time)", title_justify="left")
+        for col, kw in (("last", {"no_wrap": True}), ("worst", {}), ("kind", {}), ("symbol", {}), ("count", {}),
+                        ("accounts", {}), ("latest detail", {"ratio": 1, "overflow": "ellipsis", "no_wrap": True})):
             t.add_column(col, **kw)
-        for a in reversed(self.latest):
-            style = SEVERITY_STYLE.get(a.severity, "")
-            t.add_row(fmt_ts(a.ts)[11:], f"[{style}]{a.severity}[/]", a.kind, a.symbol or "", a.account or "",
-                      f"{a.score:.3g}", summarize_detail(a.detail, 200))
+        for (kind, symbol), g in list(reversed(self.groups.items()))[:self.keep]:
+            style = SEVERITY_STYLE.get(g.worst, "")
+            a = g.latest
+            who = f"{len(g.accounts):,}" if g.accounts else "-"
+            t.add_row(fmt_ts(a.ts)[11:], f"[{style}]{g.worst}[/]", kind, symbol, f"{g.count:,}", who,
+                      (f"{a.account}: " if a.account else "") + summarize_detail(a.detail, 200))
         return t
 
 
