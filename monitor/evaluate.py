@@ -52,7 +52,8 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
             lo = (fl if fl is not None else label.end_ts) - LEAD_WINDOW_MS
             hi = (fl if fl is not None else label.end_ts) + grace_ms
         window = (pl.col("ts") >= lo) & (pl.col("ts") <= hi)
-        on_symbol = window & (pl.col("symbol") == label.symbol) if label.symbol else window
+        # an anomaly without a symbol is not explained by a label that has one (null -> False)
+        on_symbol = window & (pl.col("symbol") == label.symbol).fill_null(False) if label.symbol else window
         explained = explained | an.select(on_symbol.alias("m"))["m"]
         if label.kind == "benign_surge":
             continue

@@ -67,3 +67,14 @@ def test_cascade_is_flagged_before_its_first_forced_liquidation():
     _, labels, report = run("cascade", 720)
     assert report["per_kind"] == [{"kind": "cascade", "labels": 2, "detected": 2, "recall": 1.0}]
     assert all(c["lead_s"] is not None and c["lead_s"] > 0 for c in report["cascades"])
+
+
+def test_an_anomaly_without_a_symbol_in_a_labelled_window_is_a_false_alert():
+    """A label on a symbol explains only anomalies on that symbol; one with no symbol in
+    its window counts as false, not as nothing."""
+    from monitor.simulate.scenarios import Label
+
+    anomalies = [{"kind": "leverage_jump", "symbol": None, "account": "a-1", "ts": 1_500, "id": "1"},
+                 {"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_600, "id": "2"}]
+    r = evaluate(anomalies, [Label(kind="cancel_burst", symbol="X", start_ts=1_000, end_ts=2_000)], 0, 3_600_000)
+    assert r["false_alerts"] == 1 and r["false_alert_ids"] == ["1"]
