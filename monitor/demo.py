@@ -219,7 +219,8 @@ def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receive
 
 
 def truth_table(daemon: Daemon, labels) -> Table:
-    """Each injected stress that has played out, and whether (and how early) it was flagged."""
+    """Each injected stress that has begun, and whether (and how early) it was flagged
+    ("not yet" while it can still be)."""
     from monitor.evaluate import GRACE_MS, LEAD_WINDOW_MS, MATCH
 
     now = daemon.pipeline.clock.now
@@ -249,12 +250,12 @@ def truth_table(daemon: Daemon, labels) -> Table:
             t.add_row("cascade", lb.symbol or "", "[green]yes[/]" if before else "[red]no[/]",
                       f"{lead:,.0f} s before the first forced liquidation" if lead is not None else "-")
             continue
-        if lb.end_ts + GRACE_MS > now:
+        if lb.start_ts > now:
             continue
         kinds = MATCH.get(lb.kind, {lb.kind})
         hits = [a for a in found if a["kind"] in kinds and a["symbol"] == lb.symbol
                 and lb.start_ts <= a["ts"] <= lb.end_ts + GRACE_MS and (not lb.account or a["account"] == lb.account)]
         how = f"{(min(a['ts'] for a in hits) - lb.start_ts) / 1000:,.1f} s after it began" if hits else "-"
-        t.add_row(lb.kind + (f" by {lb.account}" if lb.account else ""), lb.symbol or "",
-                  "[green]yes[/]" if hits else "[red]no[/]", how)
+        verdict = "[green]yes[/]" if hits else ("[red]no[/]" if lb.end_ts + GRACE_MS <= now else "[dim]not yet[/]")
+        t.add_row(lb.kind + (f" by {lb.account}" if lb.account else ""), lb.symbol or "", verdict, how)
     return t
