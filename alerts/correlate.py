@@ -123,6 +123,7 @@ class Correlator:
                     for b in other.anomalies:
                         inc.add(b, f"merged from {other.id}")
                     del self.open[other.id]
+                    inc.cascade = inc.cascade or other.cascade  # its cascade_risk came along
                     other.status = "merged"
                     self.closed.append(other)
             inc.add(a, why)

@@ -222,3 +222,14 @@ def test_an_incident_keeps_bounded_accounts_and_timeline():
     assert len(view) == TIMELINE_MAX + 1 and view[0]["reason"] == "opened"
     assert view[TIMELINE_HEAD]["reason"] == f"{n - TIMELINE_MAX} entries elided"
     assert view[-1]["account"] == f"a-{n - 1}"
+
+
+def test_a_merge_keeps_one_cascade_risk():
+    """Two incidents, one already escalated, merged by a bridging anomaly: no second cascade_risk."""
+    c = Correlator()
+    c.add(anomaly("thin_book_cluster", 0, "BTC"), None)
+    _, first = c.add(anomaly("cancel_burst", 1_000, "BTC"), None)
+    c.add(anomaly("thin_book_cluster", 2_000, "ETH", account="a-1"), None)
+    merged, again = c.add(anomaly("leverage_jump", 3_000, "BTC", account="a-1"), None)
+    assert [a.kind for a in first] == ["cascade_risk"] and again == []
+    assert sum(a.kind == "cascade_risk" for a in merged.anomalies) == 1
