@@ -225,11 +225,11 @@ def test_an_incident_keeps_bounded_accounts_and_timeline():
 
 
 def test_a_merge_keeps_one_cascade_risk():
-    """Two incidents, one already escalated, merged by a bridging anomaly: no second cascade_risk."""
+    """An escalated incident merged into an older one by a bridging anomaly: no second cascade_risk."""
     c = Correlator()
-    c.add(anomaly("thin_book_cluster", 0, "BTC"), None)
-    _, first = c.add(anomaly("cancel_burst", 1_000, "BTC"), None)
-    c.add(anomaly("thin_book_cluster", 2_000, "ETH", account="a-1"), None)
+    older, _ = c.add(anomaly("thin_book_cluster", 0, "ETH", account="a-1"), None)
+    c.add(anomaly("thin_book_cluster", 1_000, "BTC"), None)
+    _, first = c.add(anomaly("cancel_burst", 2_000, "BTC"), None)
     merged, again = c.add(anomaly("leverage_jump", 3_000, "BTC", account="a-1"), None)
-    assert [a.kind for a in first] == ["cascade_risk"] and again == []
+    assert merged is older and [a.kind for a in first] == ["cascade_risk"] and again == []
     assert sum(a.kind == "cascade_risk" for a in merged.anomalies) == 1
