@@ -194,10 +194,8 @@ class Correlator:
     def _forced_flow_into(symbols: set[str], now: int, state: MarketState | None) -> list[dict[str, Any]]:
         if state is None:
             return []
-        g = state.exposure
-        found = [(other, s, g.chains(other, s, now)) for s in sorted(symbols)
-                 for other in sorted({x for x, y in g.flow if y == s})]
-        return [{"from": x, "into": y, "chains": round(n, 2)} for x, y, n in found if n >= g.min_forced_flow]
+        return [{"from": src, "into": s, "chains": round(n, 2)}
+                for s in sorted(symbols) for src, n in state.exposure.flow_into(s, now)]
 
     def resolve(self, now: int) -> None:
         """Close the incidents quiet for ``resolve_after_ms`` of event time at ``now``."""

@@ -88,7 +88,10 @@ class DaemonCollector:
         refused = CounterMetricFamily("perpwatch_exposure_unslotted",
                                       "Samples a symbol was refused a correlation slot (max_corr_symbols).")
         refused.add_metric([], g.unslotted)
-        yield refused
+        dropped = CounterMetricFamily("perpwatch_exposure_dropped_edges",
+                                      "Collateral and forced-flow edges dropped at the max_edges bound.")
+        dropped.add_metric([], g.dropped_edges)
+        yield from (refused, dropped)
         for sink in d.sinks:
             status = getattr(sink, "status", None)
             if status is None:

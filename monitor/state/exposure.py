@@ -43,16 +43,9 @@ STALE_SAMPLES = 30  # a slot whose symbol has not moved for this many samples ca
 
 
 class ExposureGraph:
-    def __init__(self, *, return_interval_ms: int = 5_000, corr_halflife_ms: int = 900_000,
-                 min_return_corr: float = 0.6, corr_min_samples: int = 60, max_corr_symbols: int = 256,
-                 min_collateral_share: float = 0.2, forced_flow_window_ms: int = 60_000,
-                 forced_flow_halflife_ms: int = 1_800_000, min_forced_flow: float = 3.0,
-                 max_edges: int = 200_000) -> None:
-        self.configure(return_interval_ms=return_interval_ms, corr_halflife_ms=corr_halflife_ms,
-                       min_return_corr=min_return_corr, corr_min_samples=corr_min_samples,
-                       min_collateral_share=min_collateral_share, forced_flow_window_ms=forced_flow_window_ms,
-                       forced_flow_halflife_ms=forced_flow_halflife_ms, min_forced_flow=min_forced_flow,
-                       max_edges=max_edges)
+    def __init__(self, *, max_corr_symbols: int = 256, **params) -> None:
+        """``max_corr_symbols`` sizes the matrix; ``params`` are ``configure``'s."""
+        self.configure(**params)
         self.cap = max_corr_symbols
         # returns
         self.slots: dict[str, int] = {}
@@ -74,9 +67,10 @@ class ExposureGraph:
         self.flow: dict[tuple[str, str], tuple[float, int]] = {}  # (from, to) -> (count, ts of count)
         self.dropped_edges = 0
 
-    def configure(self, *, return_interval_ms: int, corr_halflife_ms: int, min_return_corr: float,
-                  corr_min_samples: int, min_collateral_share: float, forced_flow_window_ms: int,
-                  forced_flow_halflife_ms: int, min_forced_flow: float, max_edges: int) -> None:
+    def configure(self, *, return_interval_ms: int = 5_000, corr_halflife_ms: int = 900_000,
+                  min_return_corr: float = 0.6, corr_min_samples: int = 60, min_collateral_share: float = 0.2,
+                  forced_flow_window_ms: int = 60_000, forced_flow_halflife_ms: int = 1_800_000,
+                  min_forced_flow: float = 3.0, max_edges: int = 200_000) -> None:
         """Thresholds and rates, applied at construction and again to a restored checkpoint."""
         self.return_interval_ms = return_interval_ms
         self.alpha = 1.0 - 0.5 ** (return_interval_ms / corr_halflife_ms)
@@ -239,6 +233,11 @@ class ExposureGraph:
         """Decayed count of liquidation chains between the two symbols, either way."""
         return max(self.chains(a, b, now), self.chains(b, a, now))
 
+    def flow_into(self, symbol: str, now: int) -> list[tuple[str, float]]:
+        """The symbols whose liquidations chain into ``symbol`` at or above ``min_forced_flow``."""
+        found = ((a, self.chains(a, symbol, now)) for a in sorted({a for a, b in self.flow if b == symbol}))
+        return [(a, n) for a, n in found if n >= self.min_forced_flow]
+
     # -- the question the correlator asks --------------------------------------------------
     def neighbours(self, symbol: str, now: int, among: Iterable[str] | None = None) -> dict[str, str]:
         """Symbols linked to ``symbol`` now, each with the strongest evidence in words."""
@@ -259,22 +258,4 @@ class ExposureGraph:
             rho = self.correlation(symbol, other)
             if rho is not None and abs(rho) >= self.min_return_corr:
                 out[other] = f"returns correlated (rho {rho:.2f})"
-        return out
-
-    def edges(self, now: int) -> list[dict]:
-        """Every live edge, for status and review (sorted, one entry per pair and kind)."""
-        out = []
-        names = sorted(self.slots)
-        for k, a in enumerate(names):
-            for b in names[k + 1:]:
-                rho = self.correlation(a, b)
-                if rho is not None and abs(rho) >= self.min_return_corr:
-                    out.append({"a": a, "b": b, "kind": "returns", "weight": round(rho, 3)})
-        for a, row in sorted(self.collateral.items()):
-            for b in sorted(row):
-                if a < b and (share := self.collateral_share(a, b)) >= self.min_collateral_share:
-                    out.append({"a": a, "b": b, "kind": "collateral", "weight": round(share, 3)})
-        for (a, b) in sorted(self.flow):
-            if (f := self.chains(a, b, now)) >= self.min_forced_flow:
-                out.append({"a": a, "b": b, "kind": "forced_flow", "weight": round(f, 2)})
         return out
