@@ -219,11 +219,14 @@ def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receive
 
 
 def truth_table(daemon: Daemon, labels) -> Table:
-    """Each injected stress that has begun, and whether (and how early) it was flagged
-    ("not yet" while it can still be)."""
-    from monitor.evaluate import GRACE_MS, LEAD_WINDOW_MS, MATCH
+    """Each injected stress that has begun, and whether (and how early) it was flagged,
+    by ``monitor.evaluate``'s own rules ("not yet" while it can still be)."""
+    from monitor.evaluate import GRACE_MS, evaluate
 
-    now = daemon.pipeline.clock.now
+    clock = daemon.pipeline.clock
+    now = clock.now
+    begun = [lb for lb in labels if lb.start_ts <= now and (lb.kind != "cascade" or (
+        lb.first_liquidation_ts is not None and lb.first_liquidation_ts <= now))]
     store = Store.reader(daemon.cfg.store.path)
     try:
         found = store.anomalies(limit=None)
@@ -232,30 +235,16 @@ def truth_table(daemon: Daemon, labels) -> Table:
     t = Table(title="ground truth vs what perpwatch flagged (event time)")
     for col in ("injected", "symbol", "flagged", "how"):
         t.add_column(col)
-    for lb in labels:
-        if lb.kind == "benign_surge":
-            if lb.start_ts <= now:
-                hits = [a for a in found if lb.start_ts <= a["ts"] <= lb.end_ts + GRACE_MS
-                        and a["kind"] not in ("feed_gap", "feed_stale")]
-                t.add_row("benign surge", "all", "[green]silent[/]" if not hits else f"[red]{len(hits)} alerts[/]",
-                          "must stay silent")
-            continue
-        if lb.kind == "cascade":
-            fl = lb.first_liquidation_ts
-            if fl is None or fl > now:
-                continue
-            before = [a for a in found if a["symbol"] == lb.symbol and fl - LEAD_WINDOW_MS <= a["ts"] <= fl
-                      and a["kind"] not in ("feed_gap", "feed_stale")]
-            lead = (fl - min(a["ts"] for a in before)) / 1000 if before else None
-            t.add_row("cascade", lb.symbol or "", "[green]yes[/]" if before else "[red]no[/]",
-                      f"{lead:,.0f} s before the first forced liquidation" if lead is not None else "-")
-            continue
-        if lb.start_ts > now:
-            continue
-        kinds = MATCH.get(lb.kind, {lb.kind})
-        hits = [a for a in found if a["kind"] in kinds and a["symbol"] == lb.symbol
-                and lb.start_ts <= a["ts"] <= lb.end_ts + GRACE_MS and (not lb.account or a["account"] == lb.account)]
-        how = f"{(min(a['ts'] for a in hits) - lb.start_ts) / 1000:,.1f} s after it began" if hits else "-"
-        verdict = "[green]yes[/]" if hits else ("[red]no[/]" if lb.end_ts + GRACE_MS <= now else "[dim]not yet[/]")
-        t.add_row(lb.kind + (f" by {lb.account}" if lb.account else ""), lb.symbol or "", verdict, how)
+    for v in evaluate(found, begun, clock.first, now)["labels"]:
+        if v["kind"] == "benign_surge":
+            t.add_row("benign surge", "all", "[green]silent[/]" if not v["alerts"] else f"[red]{v['alerts']} alerts[/]",
+                      "must stay silent")
+        elif v["kind"] == "cascade":
+            t.add_row("cascade", v["symbol"] or "", "[green]yes[/]" if v["detected"] else "[red]no[/]",
+                      f"{v['lead_s']:,.0f} s before the first forced liquidation" if v["detected"] else "-")
+        else:
+            verdict = "[green]yes[/]" if v["detected"] else (
+                "[red]no[/]" if v["end_ts"] + GRACE_MS <= now else "[dim]not yet[/]")
+            how = f"{(v['first_ts'] - v['start_ts']) / 1000:,.1f} s after it began" if v["detected"] else "-"
+            t.add_row(v["kind"] + (f" by {v['account']}" if v["account"] else ""), v["symbol"] or "", verdict, how)
     return t

@@ -7,9 +7,10 @@ anomaly but ``feed_gap`` on either of its symbols in the 10 minutes before its f
 forced liquidation; its lead time is that liquidation minus the earliest such anomaly.
 False alerts: anomalies (``feed_gap`` aside: the simulator really drops messages) that
 fall in no label's window, per hour of event time outside every window. Alerts during
-``benign_surge`` labels are counted apart: there should be none. ``missed`` lists the
-labels not detected and ``false_alert_ids`` the false alerts (for diagnosis; they change no
-count).
+``benign_surge`` labels are counted apart: there should be none. ``labels`` gives each
+label's own verdict (detected, the first matching anomaly's time, a cascade's lead, a
+surge's alerts), ``missed`` the labels not detected and ``false_alert_ids`` the false
+alerts (for diagnosis; they change no count).
 
 >>> from monitor.simulate.scenarios import Label
 >>> a = [{"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_500, "id": "1"}]
@@ -43,6 +44,7 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
     an = an.filter(~pl.col("kind").is_in(list(IGNORED)))
     per_kind: dict[str, list[int]] = {}
     missed: list[dict[str, Any]] = []
+    verdicts: list[dict[str, Any]] = []
     leads: list[dict[str, Any]] = []
     explained = pl.Series("explained", [False] * an.height, dtype=pl.Boolean)
     for label in labels:
@@ -56,12 +58,16 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
         on_symbol = window & (pl.col("symbol") == label.symbol).fill_null(False) if label.symbol else window
         explained = explained | an.select(on_symbol.alias("m"))["m"]
         if label.kind == "benign_surge":
+            alerts = an.filter((pl.col("ts") >= label.start_ts) & (pl.col("ts") <= hi)).height
+            verdicts.append(_label_row(label) | {"detected": None, "first_ts": None, "alerts": alerts})
             continue
         if label.kind == "cascade":
             if label.first_liquidation_ts is None:
                 continue
             before = an.filter(on_symbol & (pl.col("ts") <= label.first_liquidation_ts))
             lead = (label.first_liquidation_ts - before["ts"].min()) / 1000 if before.height else None
+            verdicts.append(_label_row(label) | {"detected": lead is not None, "lead_s": lead,
+                                                 "first_ts": before["ts"].min() if before.height else None})
             leads.append({"symbol": label.symbol, "first_liquidation_ts": label.first_liquidation_ts,
                           "lead_s": lead})
             per_kind.setdefault("cascade", [0, 0])
@@ -76,11 +82,11 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
         per_kind.setdefault(label.kind, [0, 0])
         per_kind[label.kind][0] += 1
         per_kind[label.kind][1] += hits.height > 0
+        verdicts.append(_label_row(label) | {"detected": hits.height > 0,
+                                             "first_ts": hits["ts"].min() if hits.height else None})
         if not hits.height:
             missed.append(_label_row(label))
-    benign = [lb for lb in labels if lb.kind == "benign_surge"]
-    benign_alerts = sum(an.filter((pl.col("ts") >= b.start_ts) & (pl.col("ts") <= b.end_ts + grace_ms)).height
-                        for b in benign)
+    benign_alerts = sum(v["alerts"] for v in verdicts if v["kind"] == "benign_surge")
     false = an.filter(~explained)
     covered = _covered_ms(labels, grace_ms, start_ts, end_ts)
     free_h = max(end_ts - start_ts - covered, 0) / 3_600_000
@@ -97,6 +103,7 @@ def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts:
         "false_alert_sample": false.sort("ts").head(10).to_dicts(),
         "false_alert_ids": false["id"].to_list(),
         "missed": missed,
+        "labels": verdicts,
     }
 
 

@@ -78,3 +78,12 @@ def test_an_anomaly_without_a_symbol_in_a_labelled_window_is_a_false_alert():
                  {"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_600, "id": "2"}]
     r = evaluate(anomalies, [Label(kind="cancel_burst", symbol="X", start_ts=1_000, end_ts=2_000)], 0, 3_600_000)
     assert r["false_alerts"] == 1 and r["false_alert_ids"] == ["1"]
+
+
+def test_each_label_gets_its_own_verdict():
+    """The report's per-label verdicts agree with its counts (the demo's truth table reads them)."""
+    found, labels, report = run("cascade", 720)
+    verdicts = report["labels"]
+    assert [v["kind"] for v in verdicts] == [lb.kind for lb in labels if lb.first_liquidation_ts is not None]
+    assert all(v["detected"] and v["lead_s"] == c["lead_s"] for v, c in zip(verdicts, report["cascades"]))
+    assert all(v["first_ts"] in {a.ts for a in found} for v in verdicts)
