@@ -238,7 +238,9 @@ def load(path: str | os.PathLike) -> Config:
     return parse(text, str(p))
 
 
-def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
+def _check_url(key: str, url: str, schemes: tuple[str, ...], secret: bool = False) -> None:
+    """``secret``: the URL came from an env var or a file (a Slack URL is a credential), so an
+    error names the key and the expected shape but never prints the value."""
     try:
         u = urlsplit(url)
         ok = u.scheme in schemes and bool(u.hostname)
@@ -246,7 +248,8 @@ def _check_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise ConfigError(key, f"invalid URL {url!r} (expected {' or '.join(s + '://host...' for s in schemes)})")
+        shown = "(value not shown: it is a secret)" if secret else repr(url)
+        raise ConfigError(key, f"invalid URL {shown} (expected {' or '.join(s + '://host...' for s in schemes)})")
 
 
 def _positive(key: str, value: float) -> None:
@@ -357,7 +360,7 @@ def receiver_url(r: ReceiverConfig, index: int) -> str | None:
     k = f"alerts.receivers[{index}].url"
     url = r.url if r.url is not None else resolve_secret(k, r.url_env, r.url_file)
     if url is not None and r.url is None:
-        _check_url(k, url, ("http", "https"))
+        _check_url(k, url, ("http", "https"), secret=True)
     return url
 
 

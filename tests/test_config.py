@@ -101,3 +101,15 @@ def test_error_type_carries_key():
     with pytest.raises(ConfigError) as e:
         parse('[store]\npath="x"\n[daemon]\ntick="0ms"\n')
     assert e.value.key == "daemon.tick"
+
+
+def test_url_from_env_is_never_printed_in_a_config_error(tmp_path):
+    """A Slack URL from url_env is a credential: a malformed one is refused naming the key,
+    without its value (before: the whole URL was printed)."""
+    secret = "hooks.slack.com/services/T000/B000/SECRETTOKEN"
+    cfg = tmp_path / "pw.toml"
+    cfg.write_text(CONTRACT_EXAMPLE.replace('url = "http://127.0.0.1:9002/hook"', 'url_env = "PW_TEST_SLACK_URL"'))
+    r = perpwatch("check-config", str(cfg), env={"PW_TEST_SLACK_URL": f"htps://{secret}", "PERPWATCH_HOOK_SECRET": "k"})
+    assert r.returncode == 2, r.stderr
+    assert "alerts.receivers[0].url" in r.stderr
+    assert "SECRETTOKEN" not in r.stderr + r.stdout
