@@ -104,6 +104,7 @@ class StoreConfig(_Section):
     path: str
     retention: Duration = _d("30d")  # anomalies older than this are purged
     delivered_retention: Duration = _d("7d")  # sent notifications kept this long
+    max_held: int = 100_000  # anomalies held in memory while the store refuses writes; then spilled to a file
 
 
 class DaemonConfig(_Section):
@@ -280,6 +281,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("store.path", "must not be empty")
     d = cfg.daemon
     _positive("daemon.tick", d.tick.ms)
+    _positive("store.max_held", cfg.store.max_held)
     for name in ("queue_frames", "max_symbols", "max_accounts"):
         _positive(f"daemon.{name}", getattr(d, name))
     if not 0 < d.drain_timeout.seconds <= 10:

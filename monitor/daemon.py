@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left
 import signal
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,9 +27,12 @@ from detectors import build_detectors
 from monitor.codecs import Codec
 from monitor.config import Config, ConfigError, SourceConfig, listen_address
 from monitor.events import Anomaly
+from monitor.held import Held
 from monitor.logs import RateLimitedSamples
 from monitor.ops import metrics
-from monitor.ops.jobs import Jobs, load_checkpoint, save_checkpoint, sink_snapshots
+from monitor.ops.metrics import LAG_BUCKETS
+from monitor.ops.checkpoint import Checkpointer, load_checkpoint, sink_snapshots, state_dir
+from monitor.ops.jobs import Jobs
 from monitor.ops.notify import SdNotifier
 from monitor.pipeline import Pipeline, tune_gc
 from monitor.sources import SourceStatus, run_websocket
@@ -66,7 +68,10 @@ def build_pipeline(cfg: Config) -> Pipeline:
     return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms)
 
 
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+SPILL = "spill.jsonl"
+WRITE_BATCH = 5_000  # anomalies per store transaction
 
 
 class Daemon:
@@ -98,7 +103,12 @@ class Daemon:
         self._metrics = None
         self.started_wall = time.time()
         self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
-        self._pending: list[Anomaly] = []
+        self._pending: list[Anomaly] = []  # raised since the last flush (moved to held there)
+        self.checkpointer = Checkpointer(cfg)
+        self.frames_unprocessed = 0  # frames still queued when the stop's budget ran out
+        self.held = Held(cfg.store.max_held, state_dir(cfg) / SPILL)
+        self.frames_failed: Counter[str] = Counter()  # frames whose handling raised, by source
+        self.task_errors: Counter[str] = Counter()  # failed iterations of supervised tasks, by task
         self._stop = asyncio.Event()
         self._draining = asyncio.Event()
         self._wake_flusher = asyncio.Event()
@@ -123,10 +133,12 @@ class Daemon:
         if self.cfg.metrics.enabled:
             host, port = listen_address(self.cfg)
             self._metrics = await asyncio.to_thread(metrics.serve, self, host, port)
-        sources = [asyncio.create_task(self._source(s), name=f"source:{s.name}") for s in self.cfg.sources]
-        processor = asyncio.create_task(self._process_forever(), name="processor")
-        flusher = asyncio.create_task(self._flush_forever(), name="flusher")
-        heartbeat = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
+        sup = self._supervised
+        sources = [asyncio.create_task(sup(f"source:{s.name}", lambda s=s: self._source(s)), name=f"source:{s.name}")
+                   for s in self.cfg.sources]
+        processor = asyncio.create_task(sup("processor", self._process_forever), name="processor")
+        flusher = asyncio.create_task(sup("flusher", self._flush_forever), name="flusher")
+        heartbeat = asyncio.create_task(sup("heartbeat", self._heartbeat_forever), name="heartbeat")
         jobs = Jobs(self)
         jobs.start()
         self.notifier.notify(READY=1, STATUS=self.summary())  # store open, sources connecting
@@ -153,48 +165,82 @@ class Daemon:
         return 1 if crashed else 0
 
     async def _drain(self, sources, processor, flusher, deadline: float) -> None:
+        """Every step is bounded by what is left of ``deadline``, so SIGTERM keeps its promise
+        whatever the load: frames still queued when half the budget is spent are counted and
+        logged, not processed; a store that does not answer in time has its held anomalies
+        spilled (stored at the next start); the rest goes to the checkpoint."""
+        loop = asyncio.get_running_loop()
+        budget = self.cfg.daemon.drain_timeout.seconds
         log.info("draining", queued_frames=self._queue.qsize() if self._queue else 0)
         for t in sources:
             t.cancel()
-        await asyncio.gather(*sources, return_exceptions=True)
-        processor.cancel()  # safe: it only ever waits in queue.get()
+        # a peer that never answers our close must not hold the stop (websockets waits for it)
+        await asyncio.wait(sources, timeout=min(1.0, budget * 0.1))
+        processor.cancel()  # safe: it only ever waits in queue.get() or handles one frame
         self._draining.set()  # the flusher finishes the batch in hand, then exits
         self._wake_flusher.set()
-        await asyncio.gather(processor, flusher, return_exceptions=True)
+        await asyncio.wait([processor, flusher], timeout=max(0.05, deadline - budget * 0.5 - loop.time()))
+        frames_until = deadline - budget * 0.5
         while self._queue is not None and not self._queue.empty():
+            if loop.time() >= frames_until:
+                self.frames_unprocessed = self._queue.qsize()
+                log.warning("frames_unprocessed_at_stop", frames=self.frames_unprocessed,
+                            note="the stop's time budget ran out (daemon.drain_timeout)")
+                break
             name, frame = self._queue.get_nowait()
-            self._handle(name, frame)
-        self._pending.extend(self.pipeline.flush())
-        await self._flush()
+            self._handle_safely(name, frame)
+        try:
+            self._pending.extend(self.pipeline.flush())
+        except Exception as e:
+            self._task_failed("flush", e)
+        store_until = deadline - budget * 0.3
+        try:
+            await asyncio.wait_for(self._flush(), max(0.05, store_until - loop.time()))
+        except (TimeoutError, Exception) as e:
+            self._task_failed("final_flush", e)
+        self.held.add(self._pending)
+        self._pending = []
+        if self.held.queue:
+            n = self.held.spill_all()
+            log.warning("anomalies_spilled_at_stop", anomalies=n, path=str(self.held.spill_path),
+                        lost=self.held.lost, note="stored at the next start")
+        sinks_until = deadline - budget * 0.2
         for sink in self.sinks:
             try:
-                await asyncio.wait_for(sink.drain(deadline), max(0.05, deadline - asyncio.get_running_loop().time()))
+                await asyncio.wait_for(sink.drain(sinks_until), max(0.05, sinks_until - loop.time()))
             except TimeoutError:
                 log.warning("sink_drain_timeout", sink=type(sink).__name__)
-        await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
-        self._writer.shutdown(wait=True)
+            except Exception as e:
+                self._task_failed(f"sink:{type(sink).__name__}", e)
+        close = loop.run_in_executor(self._writer, self.store.close)
+        try:
+            await asyncio.wait_for(close, max(0.05, deadline - budget * 0.15 - loop.time()))
+        except (TimeoutError, Exception) as e:
+            self._task_failed("store_close", e)
+        self._writer.shutdown(wait=False)
         log.info("stopped", anomalies=self.anomalies_total, events=sum(self.pipeline.counts.values()))
 
     # -- the pipeline ------------------------------------------------------------------
     async def _checkpoint_before(self, deadline: float) -> None:
-        """Save detector state so a restart resumes warm, within what is left of the drain
-        budget. Nothing mutates the pipeline any more, so a thread may pickle it; a write
-        cut short leaves the previous checkpoint (the rename is atomic)."""
-        snapshots = sink_snapshots(self.sinks)
-
-        def save() -> None:
-            try:
-                save_checkpoint(self.cfg, self.pipeline, snapshots)
-            except OSError as e:
-                log.warning("checkpoint_failed", error=str(e))
-
-        t = threading.Thread(target=save, name="checkpoint", daemon=True)
-        t.start()
+        """Save detector state so a restart resumes warm. A forked writer does it (see
+        monitor.ops.checkpoint); if it is not done by the deadline the daemon exits anyway
+        and the writer, which ignores SIGTERM, finishes on its own (atomic rename)."""
         loop = asyncio.get_running_loop()
-        while t.is_alive() and loop.time() < deadline:
+        c = self.checkpointer
+        while not c.poll() and loop.time() < deadline:  # a periodic writer still running
             await asyncio.sleep(0.02)
-        if t.is_alive():
-            log.warning("checkpoint_skipped", reason="drain deadline")
+        if c.running:
+            log.warning("checkpoint_skipped", reason="the periodic checkpoint is still being written")
+            return
+        try:
+            c.start(self.pipeline, sink_snapshots(self.sinks))
+        except Exception as e:
+            self._task_failed("checkpoint", e)
+            return
+        while not c.poll() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if c.running:
+            log.warning("checkpoint_continues", pid=c.pid, note="the writer finishes after the daemon exits")
 
     def add_anomalies(self, anomalies: list[Anomaly]) -> None:
         """Anomalies raised outside the pipeline (jobs); stored with the next flush."""
@@ -244,13 +290,28 @@ class Daemon:
                 try:
                     name, frame = await asyncio.wait_for(queue.get(), self.IDLE_FLUSH_S)
                 except TimeoutError:  # the feed is quiet: emit what detectors hold
-                    self._pending.extend(self.pipeline.flush())
+                    try:
+                        self._pending.extend(self.pipeline.flush())
+                    except Exception as e:
+                        self._task_failed("detector_flush", e)
                     continue
             else:
                 name, frame = queue.get_nowait()
                 if queue.qsize() % 64 == 0:
                     await asyncio.sleep(0)  # let sources, the flusher and signals run under load
+            self._handle_safely(name, frame)
+
+    def _handle_safely(self, name: str, frame: bytes | str | RestSnapshot) -> None:
+        """One frame that makes the codec or the pipeline raise costs that frame: counted,
+        logged (rate-limited) with a sample, never the processor."""
+        try:
             self._handle(name, frame)
+        except Exception as e:
+            self.frames_failed[name] += 1
+            if self._samples.allow(f"failed:{name}"):
+                sample = frame if isinstance(frame, (bytes, str)) else type(frame).__name__
+                log.error("frame_failed", source=name, error=f"{type(e).__name__}: {e}"[:300],
+                          sample=_sample(sample), failed_total=self.frames_failed[name])
 
     def _handle(self, name: str, frame: bytes | str | RestSnapshot) -> None:
         if isinstance(frame, RestSnapshot):
@@ -274,22 +335,82 @@ class Daemon:
             except TimeoutError:
                 pass
             self._wake_flusher.clear()
-            await self._flush()
-            self._log_drops()
+            try:
+                await self._flush()
+                self._log_drops()
+            except Exception as e:  # a bug, not a store fault (those are handled in _flush)
+                self._task_failed("flusher", e)
+                await asyncio.sleep(1.0)
+
+    async def _supervised(self, name: str, run) -> None:
+        """Run a task forever: an exception (a bug: faults are handled inside each task) is
+        counted and logged with its traceback once per minute, and the task restarts after a
+        capped backoff. Only the stop ends it."""
+        failures = 0
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures += 1
+                self._task_failed(name, e, traceback=True)
+                await asyncio.sleep(min(5.0, 0.05 * 2 ** failures))
+
+    def _task_failed(self, task: str, e: BaseException, traceback: bool = False) -> None:
+        self.task_errors[task] += 1
+        if self._samples.allow(f"task:{task}"):
+            where = None
+            if traceback and e.__traceback__ is not None:
+                import traceback as tb
+
+                f = tb.extract_tb(e.__traceback__)[-1]
+                where = f"{f.filename}:{f.lineno} in {f.name}"
+            log.error("task_error", task=task, error=f"{type(e).__name__}: {e}"[:300], errors=self.task_errors[task],
+                      where=where)
 
     async def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
+        """Held anomalies to the store (oldest first, one transaction per batch), then to the
+        sinks. A store that refuses writes keeps them held; see monitor.held."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.held.add(batch)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self.store.write_anomalies, batch)
+        while self.held.due(loop.time()):
+            batch = self.held.batch(WRITE_BATCH)
+            try:
+                await loop.run_in_executor(self._writer, self.store.write_anomalies, batch)
+            except Exception as e:  # sqlite3.Error, OSError: full disk, locked, read-only
+                delay = self.held.failed(f"{type(e).__name__}: {e}", loop.time(), time.time())
+                if self.held.errors == 1 or self._samples.allow("store"):
+                    log.error("store_write_failed", error=self.held.last_error, held=len(self.held.queue),
+                              spilled=self.held.spilled, lost=self.held.lost, retry_in_s=round(delay, 2))
+                return
+            if self.held.committed(len(batch)):
+                log.warning("store_recovered", held=len(self.held.queue), spilled=self.held.spilled,
+                            lost=self.held.lost)
+            self._stored(batch)
+            for sink in self.sinks:
+                try:
+                    await sink.handle(batch)
+                except Exception as e:
+                    self._task_failed(f"sink:{type(sink).__name__}", e)
+        if self.held.healthy and not self.held.queue and self.held.has_spill():
+            try:
+                n = await loop.run_in_executor(self._writer, self.store.import_spill, self.held.spill_path)
+            except Exception as e:
+                self.held.failed(f"{type(e).__name__}: {e}", loop.time(), time.time())
+                return
+            self.held.unspilled += n
+            log.warning("spill_imported", anomalies=n, path=str(self.held.spill_path))
+
+    def _stored(self, batch: list[Anomaly]) -> None:
         self.anomalies_total += len(batch)
         self.anomaly_kinds.update(a.kind for a in batch)
         for a in batch:
             log.info("anomaly", id=a.id, kind=a.kind, severity=a.severity, symbol=a.symbol,
                      account=a.account, ts=a.ts, score=a.score)
-        for sink in self.sinks:
-            await sink.handle(batch)
 
     def _log_drops(self) -> None:
         for name, codec in self.codecs.items():
@@ -297,3 +418,8 @@ class Daemon:
                 if self._samples.allow(name):
                     log.warning("frame_dropped", source=name, reason=reason, sample=sample,
                                 dropped_total=sum(codec.stats.dropped.values()))
+
+
+def _sample(frame: bytes | str, chars: int = 200) -> str:
+    text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+    return text if len(text) <= chars else f"{text[:chars]}...(+{len(text) - chars} chars)"

@@ -17,6 +17,7 @@ so writing the same anomaly twice (a replay, a restart) is a no-op.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -69,6 +70,7 @@ class Store:
                 self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
                 self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0,
                                           isolation_level=None)
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -116,9 +118,24 @@ class Store:
                     " detail, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                # a failed COMMIT (disk full, I/O error) may already have rolled back: a second
+                # ROLLBACK would raise "no transaction is active" over the real error
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
             return self.db.total_changes - before
+
+    def import_spill(self, path: Path) -> int:
+        """Store the anomalies of a spill file (see monitor.held), then delete it; a failure
+        leaves the file for the next try (re-importing is a no-op: ids are content hashes)."""
+        from monitor.held import read_spill
+
+        n = 0
+        for batch in read_spill(path):
+            n += len(batch)
+            self.write_anomalies(batch)
+        path.unlink()
+        return n
 
     def anomalies(self, *, since_s: float | None = None, kind: str | None = None,
                   symbol: str | None = None, limit: int | None = 100,
@@ -163,6 +180,15 @@ class Store:
         with self._lock:
             cur = self.db.execute("DELETE FROM anomalies WHERE ts < ?", (older_than_ms,))
             return cur.rowcount
+
+
+def _create_private(path: Path, mode: int = 0o640) -> None:
+    """Create the database file owner-and-group-only before SQLite does (it would follow the
+    umask, usually 0644); its -wal and -shm files take the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+    except FileExistsError:
+        pass
 
 
 def _row(r: tuple) -> dict[str, Any]:

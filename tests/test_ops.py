@@ -107,8 +107,6 @@ def test_metrics_and_healthz_serve_real_counts(tmp_path):
 
 def test_checkpoint_survives_a_restart(tmp_path):
     """Stopping writes a checkpoint; the next start resumes the same detector state."""
-    import pickle
-
     from monitor.config import load
     from monitor.ops.jobs import CHECKPOINT, load_checkpoint
 
@@ -129,8 +127,8 @@ def test_checkpoint_survives_a_restart(tmp_path):
     pipeline = restored.pipeline
     book = pipeline.state.books["BTC-PERP"]
     assert book.gaps == 1 and not book.reliable and book.last_ts == T0 + 100
-    with open(tmp_path / CHECKPOINT, "rb") as f:
-        assert pickle.load(f)["fingerprint"]
+    with open(tmp_path / CHECKPOINT, "rb") as f:  # signed, not a bare pickle
+        assert f.read(8) == b"PWCKPT3\n"
     changed = load(cfg)
     changed.detectors["feed_gap"] = {"stuck_after_ms": 5}
     assert load_checkpoint(changed) is None  # other detector settings: start cold

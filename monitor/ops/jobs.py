@@ -5,86 +5,26 @@ and the job runs again at its next time.
 - retention: anomalies older than ``store.retention`` (event time) and notifications
   delivered longer ago than ``store.delivered_retention`` are deleted;
 - checkpoint: the pipeline (state, detectors, clock) and the alert engine's open
-  incidents with their routing timers are pickled atomically to ``daemon.state_dir``
-  every ``daemon.checkpoint_interval`` and on stop; a start with a checkpoint made under
-  the same detector settings resumes warm, its incidents keeping their ids;
+  incidents with their routing timers are written by a forked child (monitor.ops.checkpoint:
+  signed, atomic, off the event loop) to ``daemon.state_dir`` every
+  ``daemon.checkpoint_interval`` and on stop; a start with a checkpoint made under the
+  same detector settings resumes warm, its incidents keeping their ids;
 - stale feed: a source with no frame for ``stale_after`` (wall time: this one is about our
   connection, not the market) raises ``feed_stale`` once per silence.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import pickle
 import time
-from pathlib import Path
-from typing import Any, NamedTuple
 
-import msgspec
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from monitor.config import Config
 from monitor.events import Anomaly
-from monitor.pipeline import Pipeline
+from monitor.ops.checkpoint import (CHECKPOINT, Restored, fingerprint, load_checkpoint,  # noqa: F401 (re-exported)
+                                    save_checkpoint, sink_snapshots, state_dir)
 
 log = structlog.get_logger("perpwatch.jobs")
-CHECKPOINT = "checkpoint.pickle"
-FORMAT = 2  # bumped when the pickled state's shape changes (2: the exposure graph)
-
-
-def state_dir(cfg: Config) -> Path:
-    return Path(cfg.daemon.state_dir) if cfg.daemon.state_dir else Path(cfg.store.path).parent
-
-
-def fingerprint(cfg: Config) -> str:
-    """Detector settings, tick and format: a checkpoint made under others is not resumed.
-    (Exposure-graph thresholds are not in it: they are re-applied to a restored graph.)"""
-    key = [cfg.detectors, cfg.daemon.tick.ms, FORMAT]
-    return hashlib.blake2b(msgspec.json.encode(key), digest_size=8).hexdigest()
-
-
-class Restored(NamedTuple):
-    pipeline: Pipeline
-    sinks: dict[str, Any]  # what each sink's snapshot() returned, by sink class name
-
-
-def sink_snapshots(sinks: list) -> dict[str, Any]:
-    """The sinks that keep state worth resuming (the alert engine's incidents)."""
-    return {type(s).__name__: s.snapshot() for s in sinks if hasattr(s, "snapshot")}
-
-
-def save_checkpoint(cfg: Config, pipeline: Pipeline, sinks: dict[str, Any] | None = None) -> Path:
-    path = state_dir(cfg) / CHECKPOINT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump({"fingerprint": fingerprint(cfg), "pipeline": pipeline.checkpoint(), "sinks": sinks or {}}, f,
-                    protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the old checkpoint or the new one
-    return path
-
-
-def load_checkpoint(cfg: Config) -> Restored | None:
-    path = state_dir(cfg) / CHECKPOINT
-    if not path.exists():
-        return None
-    try:
-        with open(path, "rb") as f:
-            snap = pickle.load(f)
-    except Exception as e:  # a corrupt or incompatible file: start cold, say why
-        log.warning("checkpoint_unreadable", path=str(path), error=f"{type(e).__name__}: {e}"[:200])
-        return None
-    if snap.get("fingerprint") != fingerprint(cfg):
-        log.info("checkpoint_ignored", path=str(path), reason="detector settings or checkpoint format changed")
-        return None
-    log.info("checkpoint_restored", path=str(path))
-    pipeline = Pipeline.restore(snap["pipeline"])
-    pipeline.state.exposure.configure(**cfg.alerts.exposure.graph_params())
-    return Restored(pipeline, snap.get("sinks") or {})
 
 
 class Jobs:
@@ -97,6 +37,7 @@ class Jobs:
         self.scheduler.add_job(self.checkpoint, "interval", seconds=cfg.daemon.checkpoint_interval.seconds,
                                id="checkpoint")
         self.scheduler.add_job(self.stale_feeds, "interval", seconds=1, id="stale_feeds")
+        self.scheduler.add_job(self.reap, "interval", seconds=1, id="checkpoint_reaper")
         self._stale: set[str] = set()
 
     def start(self) -> None:
@@ -106,6 +47,12 @@ class Jobs:
         self.scheduler.shutdown(wait=False)
 
     async def retention(self) -> None:
+        try:
+            await self._retention()
+        except Exception as e:  # a locked or full store: the next run tries again
+            self.d._task_failed("retention", e)
+
+    async def _retention(self) -> None:
         import asyncio
 
         cfg = self.d.cfg
@@ -119,7 +66,18 @@ class Jobs:
             log.info("retention_purged", rows=n)
 
     async def checkpoint(self) -> None:
-        save_checkpoint(self.d.cfg, self.d.pipeline, sink_snapshots(self.d.sinks))
+        c = self.d.checkpointer
+        try:
+            started = c.start(self.d.pipeline, sink_snapshots(self.d.sinks))
+        except Exception as e:  # e.g. fork refused (memory), state dir unwritable
+            self.d._task_failed("checkpoint", e)
+            return
+        if not started:
+            log.warning("checkpoint_skipped", reason="the previous checkpoint is still being written",
+                        skipped=c.skipped)
+
+    async def reap(self) -> None:
+        self.d.checkpointer.poll()
 
     async def stale_feeds(self) -> None:
         now = time.time()

@@ -13,9 +13,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from monitor.logs import RateLimitedSamples
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 log = structlog.get_logger("perpwatch.metrics")
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def health(d) -> tuple[bool, str]:
+    """``/healthz``: not ok while the store refuses writes (anomalies are held or spilled)."""
+    h = d.held
+    if not h.healthy:
+        return False, (f"store not writable since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(h.failing_since))}"
+                       f": {h.last_error}; {len(h.queue)} anomalies held, {h.spilled} spilled, {h.lost} lost\n")
+    return True, "ok\n"
 
 
 class DaemonCollector:
@@ -61,8 +72,6 @@ class DaemonCollector:
         now_ms = d.pipeline.clock.now
         lag.add_metric([], max(0.0, time.time() - now_ms / 1000) if now_ms else 0.0)
         yield lag
-        from monitor.daemon import LAG_BUCKETS
-
         hist = HistogramMetricFamily("perpwatch_frame_event_lag_seconds",
                                      "Wall clock minus the last event time of each frame, at processing.")
         cum, buckets = 0, []
@@ -74,6 +83,37 @@ class DaemonCollector:
         loop = GaugeMetricFamily("perpwatch_loop_lag_seconds", "How late the event loop's last heartbeat ran.")
         loop.add_metric([], d.loop_lag_s)
         yield loop
+        failed = CounterMetricFamily("perpwatch_frames_failed", "Frames whose handling raised (dropped), by source.",
+                                     labels=["source"])
+        for name, n in d.frames_failed.items():
+            failed.add_metric([name], n)
+        task_errors = CounterMetricFamily("perpwatch_task_errors", "Failed iterations of supervised tasks, by task.",
+                                          labels=["task"])
+        for name, n in d.task_errors.items():
+            task_errors.add_metric([name], n)
+        yield from (failed, task_errors)
+        h = d.held
+        writable = GaugeMetricFamily("perpwatch_store_writable", "1 while the store takes writes.")
+        writable.add_metric([], 1.0 if h.healthy else 0.0)
+        held = GaugeMetricFamily("perpwatch_store_held_anomalies", "Anomalies waiting for the store.")
+        held.add_metric([], len(h.queue))
+        errors = CounterMetricFamily("perpwatch_store_write_errors", "Store writes that failed (retried).")
+        errors.add_metric([], h.errors)
+        spilled = CounterMetricFamily("perpwatch_store_spilled_anomalies",
+                                      "Anomalies written to the spill file (store.max_held reached, or at stop).")
+        spilled.add_metric([], h.spilled)
+        lost = CounterMetricFamily("perpwatch_store_lost_anomalies", "Anomalies neither stored nor spilled.")
+        lost.add_metric([], h.lost)
+        yield from (writable, held, errors, spilled, lost)
+        c = d.checkpointer
+        ck = CounterMetricFamily("perpwatch_checkpoints", "Checkpoints by result.", labels=["result"])
+        for result, n in (("written", c.written), ("failed", c.failed), ("skipped", c.skipped)):
+            ck.add_metric([result], n)
+        yield ck
+        refused_symbols = CounterMetricFamily("perpwatch_symbols_refused",
+                                              "Events refused because the symbol table was full (daemon.max_symbols).")
+        refused_symbols.add_metric([], d.pipeline.state.rejected_symbols)
+        yield refused_symbols
         accounts = GaugeMetricFamily("perpwatch_accounts", "Accounts held in state.")
         accounts.add_metric([], len(d.pipeline.state.accounts))
         yield accounts
@@ -114,17 +154,35 @@ def serve(daemon, host: str, port: int) -> ThreadingHTTPServer | None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
 
+    samples = RateLimitedSamples(per_minute=1)
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # a scraper that stops reading costs its own thread, not forever
         def do_GET(self):  # noqa: N802 (http.server's naming)
+            try:
+                self._answer()
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the scraper went away: its problem, not ours (and no traceback)
+            except Exception as e:  # a collector bug: answer 500, log once per minute
+                if samples.allow("metrics"):
+                    log.error("metrics_failed", error=f"{type(e).__name__}: {e}"[:300])
+                try:
+                    self.send_error(500)
+                except OSError:
+                    pass
+
+        def _answer(self) -> None:
+            status = 200
             if self.path.startswith("/metrics"):
                 body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
             elif self.path.startswith("/healthz"):
-                body, ctype = b"ok\n", "text/plain"
+                ok, text = health(daemon)
+                status, body, ctype = (200 if ok else 503), text.encode(), "text/plain"
             else:
                 self.send_response(404)
                 self.end_headers()
                 return
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
