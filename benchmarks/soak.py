@@ -1,0 +1,160 @@
+"""Soak: an hour of the simulator's market through the real daemon; RSS and loop lag over time.
+
+    .venv/bin/python benchmarks/soak.py [--seconds 3600] [--accounts 3000] [--sample 5]
+
+Records ``--seconds`` of the labelled ``mixed`` scenario offline, then serves it over a
+loopback websocket to ``perpwatch run`` (a subprocess, with a loopback webhook receiver)
+as fast as the daemon reads it (TCP back-pressure paces the feed). Every ``--sample``
+wall seconds it reads the daemon's RSS (/proc) and /metrics (loop lag, events, held
+anomalies, task errors). Prints the samples and a verdict: RSS growth over the second
+half of the run (flat means bounded state) and the worst loop lag. Run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.server import serve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def receiver() -> ThreadingHTTPServer:
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in ("perpwatch_loop_lag_seconds", "perpwatch_store_held_anomalies", "perpwatch_accounts"):
+                out[s.name] = s.value
+            elif s.name in ("perpwatch_events_total", "perpwatch_task_errors_total", "perpwatch_frames_failed_total"):
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3600)
+    ap.add_argument("--accounts", type=int, default=3000)
+    ap.add_argument("--sample", type=float, default=5.0)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pw-soak-"))
+    rec = tmp / "mixed.jsonl"
+    t = time.time()
+    subprocess.run([sys.executable, "-m", "monitor.cli", "simulate", "--scenario", "mixed", "--speed", "0",
+                    "--seconds", str(a.seconds), "--accounts", str(a.accounts), "--record", str(rec)],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    frames = rec.read_bytes().splitlines()
+    print(f"recorded {len(frames):,} frames ({a.seconds:g} s of event time) in {time.time() - t:.0f} s")
+    hook = receiver()
+    metrics_port, feed_port = free_port(), free_port()
+    done = threading.Event()
+
+    async def handler(ws):
+        for f in frames:
+            await ws.send(f)
+        done.set()
+        await ws.wait_closed()
+
+    async def feed_main(stop: asyncio.Future):
+        async with serve(handler, "127.0.0.1", feed_port, max_size=None):
+            await stop
+
+    loop = asyncio.new_event_loop()
+    stop = loop.create_future()
+    threading.Thread(target=lambda: loop.run_until_complete(feed_main(stop)), daemon=True).start()
+    cfg = tmp / "pw.toml"
+    cfg.write_text(f"""
+[[sources]]
+name = "sim"
+url = "ws://127.0.0.1:{feed_port}/"
+stale_after = "1h"
+
+[store]
+path = "{tmp / 'pw.db'}"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[alerts.receivers]]
+name = "hook"
+url = "http://127.0.0.1:{hook.server_address[1]}/"
+
+[[alerts.routes]]
+receiver = "hook"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples: list[tuple[float, float, dict]] = []
+    start = time.time()
+    try:
+        while True:
+            time.sleep(a.sample)
+            try:
+                m = scrape(metrics_port)
+            except OSError:
+                continue
+            samples.append((time.time() - start, rss_mb(proc.pid), m))
+            w, rss, m = samples[-1]
+            print(f"{w:7.0f} s  RSS {rss:7.1f} MB  events {m.get('perpwatch_events_total', 0):>12,.0f}  "
+                  f"loop lag {m.get('perpwatch_loop_lag_seconds', 0) * 1000:7.1f} ms  "
+                  f"held {m.get('perpwatch_store_held_anomalies', 0):.0f}  "
+                  f"task errors {m.get('perpwatch_task_errors_total', 0):.0f}", flush=True)
+            if done.is_set() and len(samples) >= 2 and samples[-1][2].get("perpwatch_events_total") == \
+                    samples[-2][2].get("perpwatch_events_total"):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        loop.call_soon_threadsafe(stop.set_result, None)
+        hook.shutdown()
+    half = samples[len(samples) // 2:]
+    growth = half[-1][1] - half[0][1] if len(half) >= 2 else 0.0
+    worst = max(s[2].get("perpwatch_loop_lag_seconds", 0) for s in samples) if samples else 0.0
+    events = samples[-1][2].get("perpwatch_events_total", 0) if samples else 0
+    print(f"\n{events:,.0f} events in {samples[-1][0]:.0f} s wall; RSS {samples[0][1]:.0f} -> {samples[-1][1]:.0f} MB "
+          f"(second half {growth:+.1f} MB); worst loop lag sample {worst * 1000:.0f} ms; exit {code}")
+
+
+if __name__ == "__main__":
+    main()
