@@ -148,6 +148,9 @@ class CancelBurst(Detector):
                 "latch": (len(self._latch), self._latch.max_keys),
                 "unfolded": (len(self._unfolded), self.accounts.cap)}
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms)}
+
     # -- events: O(1), counters only ---------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         s = self._syms.get(ev.symbol)

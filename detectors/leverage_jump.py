@@ -138,6 +138,9 @@ class LeverageJump(Detector):
                 "latch": (len(self._latch), self._latch.max_keys),
                 "cooldown": (len(self._cool), self._cool.max_keys)}
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms)}
+
     # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         acct = str(ev.account)

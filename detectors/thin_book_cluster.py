@@ -184,6 +184,10 @@ class ThinBookCluster(Detector):
         return {"accounts": (len(self._contrib), self.config.max_accounts),
                 "latch": (len(self._latch), self._latch.max_keys)}
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms), "symbol_ids": len(self._sym_ids), "symbol_names": len(self._sym_names),
+                "marked": len(self._marked)}
+
     # -- events: O(1) ------------------------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         t = type(ev)

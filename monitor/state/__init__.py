@@ -46,7 +46,14 @@ class SymbolMarks:
 
 class MarketState:
     """Books, marks, accounts and the exposure graph between symbols, with a bound on how
-    many symbols a feed may create."""
+    many symbols a feed may create.
+
+    The symbol table (``marks``) holds at most ``max_symbols`` symbols, first come; it is the
+    gate for every event type that names a symbol (book, order, trade, mark, position,
+    liquidation): an event on a symbol beyond the table is refused here, counted in
+    ``rejected_symbols``, and the pipeline then shows it to no detector. So every per-symbol
+    map downstream (books, the exposure graph's, each detector's) is keyed by symbols of
+    this table and holds at most ``max_symbols`` entries."""
 
     def __init__(self, max_symbols: int = 5_000, max_accounts: int = 2_000_000,
                  exposure: ExposureGraph | None = None) -> None:
@@ -60,7 +67,7 @@ class MarketState:
         self.last_prev_position: Pos | None = None  # what the last position event replaced
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
-            Account: self._account, Order: _noop, Liquidation: self._liquidation, Heartbeat: _noop,
+            Account: self._account, Order: self._order, Liquidation: self._liquidation, Heartbeat: _noop,
         }
 
     def apply(self, ev: Event) -> bool:
@@ -141,7 +148,12 @@ class MarketState:
         self.accounts.collateral(str(ev.account), ev.equity, ev.maintenance_margin, ev.ts)
         return True
 
+    def _order(self, ev: Order) -> bool:
+        return ev.symbol in self.marks or self.known_symbol(ev.symbol)
+
     def _liquidation(self, ev: Liquidation) -> bool:
+        if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
+            return False
         self.exposure.on_liquidation(ev.symbol, ev.ts)
         return True
 
