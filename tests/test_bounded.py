@@ -99,3 +99,111 @@ def test_flow_eviction_drops_the_weakest_pair_first():
         g.on_liquidation(f"Z{i}", t + i)
     assert len(g.flow) <= 50
     assert ("A", "B") in g.flow and g.chains("A", "B", t) > 10
+
+
+# -- row 9: event time cannot be poisoned ------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from detectors.leverage_jump import LeverageJump  # noqa: E402
+from detectors.thin_book_cluster import ThinBookCluster  # noqa: E402
+from monitor.events import Account, Book, Heartbeat, Position  # noqa: E402
+
+TEN_YEARS = 10 * 365 * 86_400_000
+
+
+def book(ts, seq, snapshot=False):
+    return Book(symbol="X", ts=ts, seq=seq, snapshot=snapshot, bids=[(99.0, 1.0)] if snapshot else [],
+                asks=[(101.0, 1.0)] if snapshot else [])
+
+
+def test_a_heartbeat_ten_years_ahead_is_refused_and_the_stuck_book_still_fires():
+    p = Pipeline(MarketState(), all_detectors(), tick_ms=250)
+    out = p.process([book(T0, 1, snapshot=True), book(T0 + 100, 3)])  # a gap: unreliable
+    out += p.process([Heartbeat(ts=T0 + TEN_YEARS)])
+    for k in range(1, 200):  # 50 s of normal deltas, still no snapshot
+        out += p.process([book(T0 + 100 + 250 * k, 3 + k)])
+    stuck = [(a.ts - T0) for a in out if a.kind == "feed_gap" and a.severity == "critical"]
+    assert len(stuck) == 1 and 30_000 <= stuck[0] <= 31_000, stuck
+    assert p.clock.now < T0 + 60_000
+    assert p.refused_future == 1
+
+
+def test_a_stalled_stream_ticks_from_wall_time_and_late_events_do_not_re_tick():
+    """advance_to(wall) runs the same ticks an event would; an event stamped before it later
+    is applied but runs no past tick."""
+    def run(drive):
+        p = Pipeline(MarketState(), all_detectors(), tick_ms=250)
+        out = p.process([book(T0, 1, snapshot=True), book(T0 + 100, 3)])
+        out += drive(p)
+        return p, out
+    p1, by_event = run(lambda p: p.process([Heartbeat(ts=T0 + 40_000)]))
+    p2, by_wall = run(lambda p: p.advance_to(T0 + 40_000))
+    assert by_event == by_wall and p1.clock.now == p2.clock.now
+    assert any(a.severity == "critical" for a in by_wall)
+    assert p2.process([book(T0 + 39_000, 4), Heartbeat(ts=T0 + 39_500)]) == []  # late: no tick again
+    assert p2.clock.now == T0 + 40_000
+
+
+def test_a_consistent_jump_resyncs_the_clock():
+    """A stream that really moved on (a restart from an old checkpoint) is followed after a run."""
+    p = Pipeline(MarketState(), all_detectors(), tick_ms=250, resync_after=16)
+    p.process([Heartbeat(ts=T0)])
+    later = T0 + 86_400_000
+    p.process([Heartbeat(ts=later + k) for k in range(15)])
+    assert p.clock.now == T0 and p.refused_future == 15
+    p.process([Heartbeat(ts=later + 15)])
+    assert p.clock.now == later + 15 and p.clock.resyncs == 1
+    # interleaved with the live stream, a hostile run never resyncs
+    for k in range(100):
+        p.process([Heartbeat(ts=later + 100 + k), Heartbeat(ts=later + TEN_YEARS + k)])
+    assert p.clock.now < later + 1_000 and p.clock.resyncs == 1
+
+
+def test_wall_time_guards_even_the_first_event():
+    p = Pipeline(MarketState(), all_detectors(), tick_ms=250)
+    p.set_wall(T0)
+    p.process([Heartbeat(ts=T0 + TEN_YEARS)] * 300 + [Heartbeat(ts=T0 + 10)])
+    assert p.clock.now == T0 + 10 and p.refused_future == 300
+
+
+def test_pending_work_is_bounded_under_a_flood_within_one_tick():
+    lj, tb = LeverageJump(max_pending=1_000), ThinBookCluster(max_dirty=500)
+    p = Pipeline(MarketState(), [lj, tb], tick_ms=250)
+    p.process([Position(account=f"a{i}", symbol="X", ts=T0, size=1.0, entry_price=100.0, leverage=5.0)
+               for i in range(20_000)] + [Account(account=f"a{i}", ts=T0, equity=1e4, maintenance_margin=1.0)
+                                          for i in range(5_000)])
+    assert len(lj._pending) == 1_000 and lj.pending_dropped == 24_000
+    assert len(tb._dirty) == 500 and tb.early_recomputes > 0
+    for d in (lj, tb):
+        for name, (length, cap) in d.bounds().items():
+            assert length <= cap, (d.name, name)
+
+
+ts_steps = hs.lists(hs.one_of(hs.integers(-10_000_000, 10_000_000), hs.integers(-TEN_YEARS, TEN_YEARS),
+                              hs.integers(0, 2_000)), min_size=1, max_size=120)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ts_steps, hs.integers(1, 8))
+def test_event_time_is_monotone_bounded_and_pending_stays_bounded(steps, resync_after):
+    """Whatever the timestamps (huge jumps, regressions): clock.now never goes back, never
+    exceeds the largest accepted ts, and every pending map stays within its bound."""
+    lj, tb = LeverageJump(max_pending=50), ThinBookCluster(max_dirty=20)
+    p = Pipeline(MarketState(), [lj, tb] + all_detectors()[:1], tick_ms=250, max_ahead_ms=60_000,
+                 resync_after=resync_after)
+    ts, prev_now, accepted_max = T0, 0, 0
+    for k, step in enumerate(steps):
+        ts = max(ts + step, 1)
+        refused = p.refused_future
+        ev = (Heartbeat(ts=ts) if k % 3 == 0 else
+              Position(account=f"a{k % 97}", symbol="X", ts=ts, size=1.0 + k, entry_price=100.0, leverage=5.0))
+        p.process([ev] * (1 + k % 4))
+        if p.refused_future == refused or p.refused_future < refused + 1 + k % 4:
+            accepted_max = max(accepted_max, ts)
+        assert p.clock.now >= prev_now
+        assert p.clock.now <= accepted_max
+        prev_now = p.clock.now
+        for d in (lj, tb):
+            for name, (length, cap) in d.bounds().items():
+                assert length <= cap, (d.name, name)
