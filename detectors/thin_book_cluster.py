@@ -245,6 +245,7 @@ class ThinBookCluster(Detector):
         st = state.accounts.get(acct)
         if st is None or not st.positions:
             return
+        acct = st.name or acct  # the book's own string for the id, shared rather than copied
         for symbol in st.positions:
             if symbol not in self._syms:
                 self._syms[symbol] = _Sym(self.config)

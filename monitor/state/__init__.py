@@ -63,12 +63,19 @@ class MarketState:
         self.accounts = AccountBook(max_accounts, on_evict=self.exposure.forget_account)
         self.max_symbols = max_symbols
         self.rejected_symbols = 0  # events dropped because the symbol table was full
+        # each symbol's one string object: positions key by it instead of each event's copy
+        self.symbol_names: dict[str, str] = {}
         self.last_book_status: Status = "ok"
         self.last_prev_position: Pos | None = None  # what the last position event replaced
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
             Account: self._account, Order: self._order, Liquidation: self._liquidation, Heartbeat: _noop,
         }
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        if "symbol_names" not in d:  # a checkpoint from before symbol_names
+            self.symbol_names = {s: s for s in self.marks}
 
     def apply(self, ev: Event) -> bool:
         """Update state with one event. False when the event was refused (symbol flood)."""
@@ -89,6 +96,7 @@ class MarketState:
             self.rejected_symbols += 1
             return False
         self.marks[symbol] = SymbolMarks()
+        self.symbol_names[symbol] = symbol
         return True
 
     def symbols(self) -> list[str]:
@@ -136,12 +144,15 @@ class MarketState:
         return True
 
     def _position(self, ev: Position) -> bool:
-        if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
-            return False
+        symbol = self.symbol_names.get(ev.symbol)
+        if symbol is None:
+            if not self.known_symbol(ev.symbol):
+                return False
+            symbol = ev.symbol
         st, prev = self.accounts.position(
-            str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
+            str(ev.account), symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
         self.last_prev_position = prev
-        self.exposure.on_position(st, ev.symbol, prev)
+        self.exposure.on_position(st, symbol, prev)
         return True
 
     def _account(self, ev: Account) -> bool:
