@@ -48,6 +48,12 @@ class Detector:
     def on_event(self, event: Event, state: MarketState) -> None:
         """See one event (only types in ``consumes``). Must be O(1)."""
 
+    def symbol_maps(self) -> dict[str, int]:
+        """Sizes of the per-symbol maps (name -> entries). Detectors only ever see events the
+        state accepted, so each of these is bounded by the state's ``max_symbols`` (the
+        check suite floods symbols and verifies it)."""
+        return {}
+
     def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:
         """Score features at event time ``now``; return anomalies (may be empty)."""
         return []

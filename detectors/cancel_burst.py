@@ -70,6 +70,7 @@ NFEAT = 7
 # indices into an account's per-bucket list (the first three) and its window sums (all four)
 A_CANCEL_N, A_CANCELS, A_NEAR_N, A_FILL_N = range(4)
 MAX_ACCOUNTS_PER_BUCKET = 10_000
+MAX_PRICES_PER_TICK = 10_000  # L2: traded prices held per symbol per tick; trades at more are not matched
 HST_WINDOW = 64  # HalfSpaceTrees reference window, in learned windows (all symbols together)
 FOLD_MS = 5_000  # account normals take in what accounts cancelled this often (event time)
 
@@ -148,6 +149,9 @@ class CancelBurst(Detector):
                 "latch": (len(self._latch), self._latch.max_keys),
                 "unfolded": (len(self._unfolded), self.accounts.cap)}
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms)}
+
     # -- events: O(1), counters only ---------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         s = self._syms.get(ev.symbol)
@@ -159,7 +163,8 @@ class CancelBurst(Detector):
             cur[TRADE_N] += ev.price * ev.size
             if not s.l3:
                 tc = s.traded_cur
-                tc[ev.price] = tc.get(ev.price, 0.0) + ev.size
+                if len(tc) < MAX_PRICES_PER_TICK or ev.price in tc:
+                    tc[ev.price] = tc.get(ev.price, 0.0) + ev.size
             return
         s.l3 = True
         action = ev.action

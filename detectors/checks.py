@@ -16,7 +16,11 @@ The checks:
 - ``check_checkpoint_resumes``: pickled mid-stream (whole pipeline, as ``jobs`` does),
   restored and resumed, the output equals the uninterrupted run's;
 - ``check_memory_bounded``: per-key maps respect their caps (``bounds()``), and the
-  pickled detector does not grow with the number of distinct accounts seen.
+  pickled detector does not grow with the number of distinct accounts seen;
+- ``check_symbols_bounded``: a flood of distinct symbols on every event type that names
+  one (``symbol_flood``) through a state with a small ``max_symbols``: the state refuses
+  the excess before any detector sees it, so each per-symbol map (``symbol_maps()``) and
+  every container the detector holds directly stays within ``max_symbols``.
 
 >>> from detectors.feed_gap import FeedGap
 >>> [c.__name__ for c in CHECKS][:2]
@@ -30,6 +34,7 @@ import math
 import pickle
 import random
 import sys
+from collections import deque
 from typing import Callable
 
 import msgspec
@@ -219,5 +224,34 @@ def check_memory_bounded(make: Make, events: list[Event]) -> None:
         assert sizes[1] <= 1.2 * sizes[0] + 4_096, f"state grows with accounts past the cap: {sizes}"
 
 
+def symbol_flood(n: int, n_accounts: int = 5) -> list[Event]:
+    """``n`` distinct symbols, each named once by every event type that carries a symbol."""
+    ev: list[Event] = []
+    for i in range(n):
+        ts, s, a = T0 + 10 * i, f"F{i}-PERP", f"acct-{i % n_accounts}"
+        ev += [Book(symbol=s, ts=ts, seq=1, snapshot=True, bids=[(99.0, 1.0)], asks=[(101.0, 1.0)]),
+               Order(symbol=s, ts=ts, order_id=i, account=a, action="new", side="buy", price=99.0, size=1.0),
+               Order(symbol=s, ts=ts, order_id=i, account=a, action="cancel", side="buy", price=99.0, size=1.0),
+               Trade(symbol=s, ts=ts, price=100.0, size=1.0, side="sell", liquidation=i % 2 == 0),
+               Mark(symbol=s, ts=ts, mark=100.0, index=100.0, funding_rate=0.0001),
+               Position(account=a, symbol=s, ts=ts, size=1.0, entry_price=100.0, leverage=5.0),
+               Liquidation(symbol=s, ts=ts, side="sell", price=100.0, size=1.0, account=a)]
+    return ev
+
+
+def check_symbols_bounded(make: Make, events: list[Event], max_symbols: int = 40, n: int = 400) -> None:
+    p = Pipeline(MarketState(max_symbols=max_symbols), [make()], tick_ms=250)
+    flood = symbol_flood(n)
+    p.process(flood)
+    p.flush()
+    assert p.state.rejected_symbols == sum(1 for e in flood if int(e.symbol[1:-5]) >= max_symbols)
+    d = p.detectors[0]
+    for name, length in d.symbol_maps().items():
+        assert length <= max_symbols, f"{name}: {length} symbols past max_symbols {max_symbols}"
+    for name, value in vars(d).items():  # and nothing else the detector holds grows with symbols
+        if isinstance(value, (dict, set, list, deque)):
+            assert len(value) <= max_symbols, f"{name}: {len(value)} entries past max_symbols {max_symbols}"
+
+
 CHECKS = [check_tick_before_any_event, check_events_untouched, check_deterministic, check_checkpoint_resumes,
-          check_memory_bounded]
+          check_memory_bounded, check_symbols_bounded]

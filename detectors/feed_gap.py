@@ -41,6 +41,9 @@ class FeedGap(Detector):
         self._stuck_reported: set[str] = set()
         self.overflow = 0
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"open": len(self._open), "stuck_reported": len(self._stuck_reported)}
+
     def on_event(self, event: Book, state: MarketState) -> None:
         status = state.last_book_status
         sym = event.symbol

@@ -32,7 +32,10 @@ kept incrementally from each position and the one it replaced) and its baseline 
 reported with it, as is the venue's open interest.
 
 ``on_event`` only records (the event's essentials, the OI-weighted sums, an LRU touch);
-accounts and cohorts are scored at the next tick, score before learn. An account
+accounts and cohorts are scored at the next tick, score before learn. What waits for the
+tick is bounded: at most ``max_pending`` (constructor, default ``MAX_PENDING``) events per
+tick are held; past that (event time frozen, a flood within one tick) newer ones are not
+scored, only counted in ``pending_dropped`` (their state updates are still made). An account
 anomaly carries the event time of the position or account event that jumped.
 
 Severity: warning; critical when the new leverage reaches ``critical_leverage``, the
@@ -72,6 +75,7 @@ FIELDS = ("n", "lev", "notional", "base_notional", "base_ts", "mr", "mr_ts", "to
 MIN_EFF_OBSERVATIONS = 2
 NOTIONAL_EPS = 1e-3  # a running notional sum below this is float residue of a flat account, i.e. zero
 MIN_BASELINE = 20  # cohort baseline ticks needed on top of the event-time warm-up
+MAX_PENDING = 200_000  # events held for the next tick (a 250 ms tick at 800k position events/s)
 
 
 class LeverageJumpConfig(DetectorConfig, kw_only=True):
@@ -116,12 +120,16 @@ class LeverageJump(Detector):
     name = "leverage_jump"
     Config = LeverageJumpConfig
     consumes = (Position, Account)
+    max_pending = MAX_PENDING  # class defaults: checkpoints from before the bound still resume
+    pending_dropped = 0
     check_params = [{}, {"max_accounts": 16, "warmup_ticks": 8, "cohort_min": 3, "cooldown_ms": 1_000},
                     {"max_accounts": 4, "min_history": 0, "lev_ratio": 1.5, "min_leverage": 2.0, "fading": 0.9,
                      "cohort_window_ms": 5_000, "warmup_ticks": 2}]
 
-    def __init__(self, config: LeverageJumpConfig | None = None) -> None:
+    def __init__(self, config: LeverageJumpConfig | None = None, max_pending: int = MAX_PENDING) -> None:
         super().__init__(config)
+        self.max_pending = max_pending
+        self.pending_dropped = 0  # events past max_pending within one tick: recorded, not scored
         self.accounts = AccountRows(FIELDS, self.config.max_accounts)
         self._syms: dict[str, _Sym] = {}
         # per (account, symbol): as many keys as accounts kept, the least recently fired forgotten
@@ -136,14 +144,22 @@ class LeverageJump(Detector):
     def bounds(self) -> dict[str, tuple[int, int]]:
         return {"accounts": (len(self.accounts), self.accounts.cap),
                 "latch": (len(self._latch), self._latch.max_keys),
-                "cooldown": (len(self._cool), self._cool.max_keys)}
+                "cooldown": (len(self._cool), self._cool.max_keys),
+                "pending": (len(self._pending), self.max_pending)}
+
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms)}
 
     # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         acct = str(ev.account)
         i = self.accounts.touch(acct)
+        full = len(self._pending) >= self.max_pending
         if type(ev) is Account:
             if ev.maintenance_margin is not None:
+                if full:
+                    self.pending_dropped += 1
+                    return
                 self._pending.append((acct, None, ev.equity, ev.maintenance_margin, ev.ts))
             return
         sym = self._syms.get(ev.symbol)
@@ -169,6 +185,9 @@ class LeverageJump(Detector):
             if total < NOTIONAL_EPS:
                 total = 0.0
         cols[TOTAL][i] = total
+        if full:
+            self.pending_dropped += 1
+            return
         self._pending.append((acct, ev.symbol, ev.leverage, prev.leverage if prev is not None else None,
                               ev.ts, ev.size, ev.margin_mode, total))
 

@@ -77,6 +77,9 @@ class MarkDivergence(Detector):
         self._dirty: set[str] = set()
         self._latch = Latch(self.config.rearm_ms, self.config.escalation)
 
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms), "dirty": len(self._dirty)}
+
     def on_event(self, ev, state: MarketState) -> None:
         self._dirty.add(ev.symbol)
 

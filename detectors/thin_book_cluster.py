@@ -10,7 +10,8 @@ reported for the accounts named in an anomaly and counted per symbol.
 
 Per symbol, liquidation notional sits in log-price buckets of ``bucket_bps`` (longs and
 shorts apart), updated incrementally: a position or account event marks the account
-dirty; at the next tick its old contributions are taken out and new ones put in. A
+dirty; at the next tick its old contributions are taken out and new ones put in (at
+most ``max_dirty`` accounts wait: past that the oldest is recomputed at once). A
 symbol is evaluated at most once per ``eval_ms`` when its buckets or mark changed (and
 every 4 x ``eval_ms`` regardless: the book moves too). Longs
 liquidate into the bids below the mark, shorts into the asks above it. Walking out from
@@ -74,6 +75,7 @@ from monitor.state.liquidation import (
 )
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
+MAX_DIRTY = 200_000  # accounts waiting for a tick's recompute; past it the oldest is recomputed at once
 STD_FLOOR = 0.2  # floor under the baseline std of log1p(pressure): a 1.5x wiggle is not 4 sigma
 # An account's contribution to one (symbol, side, bucket) packed into one int — an account
 # holding one position costs one int in the map, not a tuple of tuples (~100 B less each).
@@ -156,6 +158,8 @@ class ThinBookCluster(Detector):
     name = "thin_book_cluster"
     Config = ThinBookClusterConfig
     consumes = (Position, Account, Mark, Liquidation)
+    max_dirty = MAX_DIRTY  # accounts waiting for the tick's recompute (class default: old checkpoints resume)
+    early_recomputes = 0
     check_params = [{}, {"warmup_ticks": 8, "min_samples": 3, "min_cluster_notional": 1_000.0, "eval_ms": 250,
                          "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2, "z_threshold": 1.5,
                          "contagion": True},
@@ -163,8 +167,9 @@ class ThinBookCluster(Detector):
                      "include_funding": False, "max_accounts": 4, "z_threshold": 0.5, "min_cluster_notional": 10.0,
                      "tiers": {"BTC-PERP": [(10_000.0, 0.01), (1e12, 0.02)]}}]
 
-    def __init__(self, config: ThinBookClusterConfig | None = None) -> None:
+    def __init__(self, config: ThinBookClusterConfig | None = None, max_dirty: int = MAX_DIRTY) -> None:
         super().__init__(config)
+        self.max_dirty = max_dirty
         cfg = self.config
         self._lb = math.log1p(cfg.bucket_bps / 1e4)
         self._nb = int(math.ceil(cfg.max_distance_bps / cfg.bucket_bps))
@@ -182,13 +187,26 @@ class ThinBookCluster(Detector):
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         return {"accounts": (len(self._contrib), self.config.max_accounts),
-                "latch": (len(self._latch), self._latch.max_keys)}
+                "latch": (len(self._latch), self._latch.max_keys),
+                "dirty": (len(self._dirty), self.max_dirty)}
+
+    def symbol_maps(self) -> dict[str, int]:
+        return {"symbols": len(self._syms), "symbol_ids": len(self._sym_ids), "symbol_names": len(self._sym_names),
+                "marked": len(self._marked)}
 
     # -- events: O(1) ------------------------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         t = type(ev)
         if t is Position or t is Account:
-            self._dirty[ev.account] = None
+            dirty = self._dirty
+            if len(dirty) >= self.max_dirty and ev.account not in dirty:
+                # bounded between ticks (event time frozen, a flood): the oldest waiting
+                # account is recomputed now instead of at the tick (against the state as it is now)
+                oldest = next(iter(dirty))
+                del dirty[oldest]
+                self._recompute(str(oldest), state)
+                self.early_recomputes += 1
+            dirty[ev.account] = None
         elif t is Mark:
             self._marked.add(ev.symbol)
         else:  # Liquidation
@@ -227,6 +245,7 @@ class ThinBookCluster(Detector):
         st = state.accounts.get(acct)
         if st is None or not st.positions:
             return
+        acct = st.name or acct  # the book's own string for the id, shared rather than copied
         for symbol in st.positions:
             if symbol not in self._syms:
                 self._syms[symbol] = _Sym(self.config)

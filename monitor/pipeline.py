@@ -34,12 +34,23 @@ def tune_gc() -> None:
 
 
 class Pipeline:
-    """Applies events to state, routes them to detectors and runs event-time ticks."""
+    """Applies events to state, routes them to detectors and runs event-time ticks.
 
-    def __init__(self, state: MarketState, detectors: list[Detector], tick_ms: int = 250) -> None:
+    Event time is guarded (``EventClock``): an event more than ``max_ahead_ms`` ahead of the
+    stream's recent event time is refused before the state or any detector sees it and
+    counted in ``refused_future`` (a run of ``resync_after`` of them in a row moves the
+    clock: the stream really jumped). When a live stream stalls the shell calls
+    ``advance_to(wall_ms)`` so ticks (and the detectors that speak on them) go on; live it
+    may also call ``set_wall(wall_ms)`` so nothing beyond wall time + ``max_ahead_ms`` is
+    accepted. Events older than the clock (a lagging source) are applied but never move
+    time back or re-run past ticks.
+    """
+
+    def __init__(self, state: MarketState, detectors: list[Detector], tick_ms: int = 250,
+                 max_ahead_ms: int | None = 300_000, resync_after: int = 256) -> None:
         self.state = state
         self.detectors = detectors
-        self.clock = EventClock(tick_ms)
+        self.clock = EventClock(tick_ms, max_ahead_ms=max_ahead_ms, resync_after=resync_after)
         self.type_counts: dict[type, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.refused = 0
         # Decided once: per event type, the state update and the detectors that see it.
@@ -52,13 +63,21 @@ class Pipeline:
         """Events applied so far, by type name."""
         return Counter({t.__name__: n for t, n in self.type_counts.items() if n})
 
+    @property
+    def refused_future(self) -> int:
+        """Events refused for a timestamp too far ahead of event time (or of wall time)."""
+        return self.clock.refused_future
+
     def process(self, events: list[Event]) -> list[Anomaly]:
         """Feed a batch of events (one frame); return the anomalies raised by its ticks."""
         state, table, clock, counts = self.state, self._table, self.clock, self.type_counts
         out: list[Anomaly] = []
+        limit = clock.limit
         for ev in events:
             t = type(ev)
             counts[t] += 1
+            if ev.ts > limit and not clock.admit(ev.ts, sum(counts.values())):
+                continue  # too far ahead: refused (counted by the clock), applied nowhere
             update, handlers = table[t]
             if not update(ev):
                 self.refused += 1
@@ -68,7 +87,21 @@ class Pipeline:
             if ev.ts >= clock.next_tick:  # cheap test first: most events fall between ticks
                 for now in clock.advance(ev.ts):
                     out.extend(self.tick(now))
+                limit = clock.limit
         return out
+
+    def advance_to(self, now_ms: int) -> list[Anomaly]:
+        """Run the ticks up to ``now_ms`` without an event (the shell's wall time when a live
+        stream has stalled). The same ticks an event at ``now_ms`` would run; events stamped
+        before ``now_ms`` arriving later are applied but never re-run a past tick."""
+        out: list[Anomaly] = []
+        for now in self.clock.advance(now_ms):
+            out.extend(self.tick(now))
+        return out
+
+    def set_wall(self, wall_ms: int) -> None:
+        """Live only: refuse events beyond ``wall_ms + max_ahead_ms`` (the first ones included)."""
+        self.clock.set_wall(wall_ms)
 
     def tick(self, now: int) -> list[Anomaly]:
         self.state.tick(now)

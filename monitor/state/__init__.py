@@ -46,7 +46,14 @@ class SymbolMarks:
 
 class MarketState:
     """Books, marks, accounts and the exposure graph between symbols, with a bound on how
-    many symbols a feed may create."""
+    many symbols a feed may create.
+
+    The symbol table (``marks``) holds at most ``max_symbols`` symbols, first come; it is the
+    gate for every event type that names a symbol (book, order, trade, mark, position,
+    liquidation): an event on a symbol beyond the table is refused here, counted in
+    ``rejected_symbols``, and the pipeline then shows it to no detector. So every per-symbol
+    map downstream (books, the exposure graph's, each detector's) is keyed by symbols of
+    this table and holds at most ``max_symbols`` entries."""
 
     def __init__(self, max_symbols: int = 5_000, max_accounts: int = 2_000_000,
                  exposure: ExposureGraph | None = None) -> None:
@@ -56,12 +63,19 @@ class MarketState:
         self.accounts = AccountBook(max_accounts, on_evict=self.exposure.forget_account)
         self.max_symbols = max_symbols
         self.rejected_symbols = 0  # events dropped because the symbol table was full
+        # each symbol's one string object: positions key by it instead of each event's copy
+        self.symbol_names: dict[str, str] = {}
         self.last_book_status: Status = "ok"
         self.last_prev_position: Pos | None = None  # what the last position event replaced
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
-            Account: self._account, Order: _noop, Liquidation: self._liquidation, Heartbeat: _noop,
+            Account: self._account, Order: self._order, Liquidation: self._liquidation, Heartbeat: _noop,
         }
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        if "symbol_names" not in d:  # a checkpoint from before symbol_names
+            self.symbol_names = {s: s for s in self.marks}
 
     def apply(self, ev: Event) -> bool:
         """Update state with one event. False when the event was refused (symbol flood)."""
@@ -82,6 +96,7 @@ class MarketState:
             self.rejected_symbols += 1
             return False
         self.marks[symbol] = SymbolMarks()
+        self.symbol_names[symbol] = symbol
         return True
 
     def symbols(self) -> list[str]:
@@ -129,19 +144,27 @@ class MarketState:
         return True
 
     def _position(self, ev: Position) -> bool:
-        if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
-            return False
+        symbol = self.symbol_names.get(ev.symbol)
+        if symbol is None:
+            if not self.known_symbol(ev.symbol):
+                return False
+            symbol = ev.symbol
         st, prev = self.accounts.position(
-            str(ev.account), ev.symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
+            str(ev.account), symbol, ev.size, ev.entry_price, ev.leverage, ev.margin_mode, ev.liq_price, ev.ts)
         self.last_prev_position = prev
-        self.exposure.on_position(st, ev.symbol, prev)
+        self.exposure.on_position(st, symbol, prev)
         return True
 
     def _account(self, ev: Account) -> bool:
         self.accounts.collateral(str(ev.account), ev.equity, ev.maintenance_margin, ev.ts)
         return True
 
+    def _order(self, ev: Order) -> bool:
+        return ev.symbol in self.marks or self.known_symbol(ev.symbol)
+
     def _liquidation(self, ev: Liquidation) -> bool:
+        if ev.symbol not in self.marks and not self.known_symbol(ev.symbol):
+            return False
         self.exposure.on_liquidation(ev.symbol, ev.ts)
         return True
 

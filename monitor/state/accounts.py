@@ -44,21 +44,26 @@ class Pos:
 
 
 class AccountState:
-    """An account's cross collateral and positions by symbol."""
+    """An account's cross collateral and positions by symbol. ``name`` is the account id as
+    the book keys it: holders of per-account maps key by this one string object rather than
+    each event's copy of the id (~50 bytes an account per map)."""
 
-    __slots__ = ("equity", "maintenance_margin", "positions", "ts")
+    __slots__ = ("equity", "maintenance_margin", "positions", "ts", "name")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         self.equity: float | None = None
         self.maintenance_margin: float | None = None
         self.positions: dict[str, Pos] = {}
         self.ts = 0
+        self.name = name
 
     def __getstate__(self):
-        return (self.equity, self.maintenance_margin, self.positions, self.ts)
+        return (self.equity, self.maintenance_margin, self.positions, self.ts, self.name)
 
     def __setstate__(self, s):
-        self.equity, self.maintenance_margin, self.positions, self.ts = s
+        if len(s) == 4:  # a checkpoint from before ``name``
+            s = (*s, "")
+        self.equity, self.maintenance_margin, self.positions, self.ts, self.name = s
 
     def cross_symbols(self) -> list[str]:
         return [s for s, p in self.positions.items() if not p.isolated]
@@ -78,7 +83,7 @@ class AccountBook:
         accounts = self.accounts
         st = accounts.get(account)
         if st is None:
-            st = accounts[account] = AccountState()
+            st = accounts[account] = AccountState(account)
             if len(accounts) > self.max_accounts:
                 _, gone = accounts.popitem(last=False)
                 self.evicted += 1

@@ -15,12 +15,20 @@ Symbols are nodes. Three kinds of edge, each with its own evidence:
   with it.
 - **forced flow**: a liquidation in B within ``forced_flow_window`` after one in A counts
   once for A->B; counts decay with half-life ``forced_flow_halflife``; an edge when the
-  decayed count in either direction is >= ``min_forced_flow``.
+  decayed count in either direction is >= ``min_forced_flow``. A liquidation chains from
+  at most ``max_flow_sources`` (K) sources: the most recently liquidated distinct symbols
+  within the window (arrival order), so a market-wide cascade over thousands of symbols
+  costs at most K pair updates per liquidation, not one per symbol.
 
 Pure, synchronous, picklable (it rides in the checkpoint with the rest of the state).
 Per event it does dict updates only; the correlation matrix is updated at samples.
 Bounded: at most ``max_corr_symbols`` slots, ``max_edges`` collateral and flow edges
-each (past that the weakest tenth is dropped).
+each. Collateral past that drops its weakest tenth. Flow pairs are evicted one at a time,
+the weakest first, in O(log n) amortized: all counts decay at one rate, so the order of
+two pairs by decayed count never changes between their updates, and a min-heap keyed by
+``log(count) + decay x ts`` (time-invariant) finds the weakest without re-sorting; stale
+heap entries (a pair updated since) are skipped and the heap is rebuilt once it holds
+twice the live pairs. The recent-liquidation table holds at most K symbols.
 
 >>> g = ExposureGraph(min_collateral_share=0.2)
 >>> g.collateral_delta("BTC", "ETH", 50_000.0)
@@ -31,7 +39,9 @@ each (past that the weakest tenth is dropped).
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
@@ -40,11 +50,18 @@ if TYPE_CHECKING:
     from monitor.state.accounts import AccountState, Pos
 
 STALE_SAMPLES = 30  # a slot whose symbol has not moved for this many samples can be reused
+MAX_FLOW_SOURCES = 64  # K: recent liquidated symbols a liquidation chains from
 
 
 class ExposureGraph:
-    def __init__(self, *, max_corr_symbols: int = 256, **params) -> None:
-        """``max_corr_symbols`` sizes the matrix; ``params`` are ``configure``'s."""
+    def __init__(self, *, max_corr_symbols: int = 256, max_flow_sources: int = MAX_FLOW_SOURCES, **params) -> None:
+        """``max_corr_symbols`` sizes the matrix, ``max_flow_sources`` is K (recent liquidated
+        symbols a liquidation chains from); ``params`` are ``configure``'s."""
+        if max_flow_sources < 1:
+            raise ValueError("max_flow_sources must be >= 1")
+        self.max_flow_sources = max_flow_sources
+        self.flow = {}
+        self._flow_heap: list[tuple[float, str, str, float, int]] = []
         self.configure(**params)
         self.cap = max_corr_symbols
         # returns
@@ -63,8 +80,12 @@ class ExposureGraph:
         self.cross_notional: dict[str, float] = {}
         self.collateral_edges = 0
         # forced flow
-        self.last_liquidation: dict[str, int] = {}
+        # symbol -> ts of its latest liquidation, in arrival order (the most recent last)
+        self.last_liquidation: OrderedDict[str, int] = OrderedDict()
         self.flow: dict[tuple[str, str], tuple[float, int]] = {}  # (from, to) -> (count, ts of count)
+        # min-heap of (log count + decay x ts, from, to, count, ts); entries whose pair changed are stale
+        self._flow_heap: list[tuple[float, str, str, float, int]] = []
+        self.flow_updates = 0  # pair updates made by liquidations (the work per liquidation, counted)
         self.dropped_edges = 0
 
     def configure(self, *, return_interval_ms: int = 5_000, corr_halflife_ms: int = 900_000,
@@ -81,6 +102,8 @@ class ExposureGraph:
         self.flow_decay_per_ms = math.log(2) / forced_flow_halflife_ms
         self.min_forced_flow = min_forced_flow
         self.max_edges = max_edges
+        if self.flow:  # the heap's keys depend on the decay rate
+            self._rebuild_flow_heap()
 
     # -- returns ---------------------------------------------------------------------------
     def sample(self, now: int, marks: dict) -> None:
@@ -212,17 +235,66 @@ class ExposureGraph:
 
     # -- forced flow -----------------------------------------------------------------------
     def on_liquidation(self, symbol: str, ts: int) -> None:
+        """A liquidation in ``symbol``: one chain from each of the (at most K) symbols liquidated
+        most recently within the window. O(K) pair updates plus O(log n) amortized eviction."""
         window = self.forced_flow_window_ms
-        for other, t in list(self.last_liquidation.items()):
-            if ts - t > window:
-                del self.last_liquidation[other]
-            elif other != symbol:
-                self.flow[(other, symbol)] = (self.chains(other, symbol, ts) + 1.0, ts)
-        self.last_liquidation[symbol] = ts
-        if len(self.flow) > self.max_edges:
-            for key in sorted(self.flow, key=lambda k: self.chains(*k, ts))[:len(self.flow) // 10]:
-                del self.flow[key]
+        recent = self.last_liquidation
+        while recent:  # expire from the oldest end (amortized O(1): each entry leaves once)
+            oldest = next(iter(recent))
+            if ts - recent[oldest] <= window and len(recent) <= self.max_flow_sources:
+                break
+            del recent[oldest]
+        flow, heap, decay = self.flow, self._flow_heap, self.flow_decay_per_ms
+        k = self.max_flow_sources
+        for other in reversed(recent):
+            t = recent[other]
+            if ts - t > window:  # older arrivals than this one are (almost surely) older still
+                break
+            if other == symbol:
+                continue
+            key = (other, symbol)
+            count = self.chains(other, symbol, ts) + 1.0
+            flow[key] = (count, ts)
+            heapq.heappush(heap, (math.log(count) + decay * ts, other, symbol, count, ts))
+            self.flow_updates += 1
+            k -= 1
+            if k == 0:
+                break
+        recent[symbol] = ts
+        recent.move_to_end(symbol)
+        if len(recent) > self.max_flow_sources:
+            recent.popitem(last=False)
+        while len(flow) > self.max_edges:
+            self._evict_weakest_flow()
+        if len(heap) > 2 * len(flow) + 64:
+            self._rebuild_flow_heap()
+
+    def _evict_weakest_flow(self) -> None:
+        flow, heap = self.flow, self._flow_heap
+        while heap:
+            _, a, b, count, t = heapq.heappop(heap)
+            if flow.get((a, b)) == (count, t):  # live, not superseded by a later update
+                del flow[(a, b)]
                 self.dropped_edges += 1
+                return
+        self._rebuild_flow_heap()  # unreachable while every pair has a heap entry; stay safe
+        if heap:
+            self._evict_weakest_flow()
+
+    def _rebuild_flow_heap(self) -> None:
+        decay = self.flow_decay_per_ms
+        self._flow_heap = [(math.log(c) + decay * t, a, b, c, t) for (a, b), (c, t) in self.flow.items() if c > 0]
+        heapq.heapify(self._flow_heap)
+
+    def __setstate__(self, d: dict) -> None:
+        """Checkpoints from before the bounded flow table: a plain dict of recent liquidations, no heap."""
+        self.__dict__.update(d)
+        if not isinstance(self.last_liquidation, OrderedDict):
+            self.last_liquidation = OrderedDict(sorted(self.last_liquidation.items(), key=lambda kv: kv[1]))
+        self.__dict__.setdefault("max_flow_sources", MAX_FLOW_SOURCES)
+        self.__dict__.setdefault("flow_updates", 0)
+        if "_flow_heap" not in d:
+            self._rebuild_flow_heap()
 
     def chains(self, a: str, b: str, now: int) -> float:
         """Decayed count of liquidations in ``b`` soon after liquidations in ``a``."""
