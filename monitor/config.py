@@ -115,6 +115,8 @@ class DaemonConfig(_Section):
     state_dir: str | None = None  # checkpoints; default: beside the store
     checkpoint_interval: Duration = _d("5m")
     drain_timeout: Duration = _d("8s")  # SIGTERM: time to process, flush and deliver
+    max_ahead: Duration = _d("5m")  # events stamped further ahead of event time (or, live, of wall time) are refused
+    stall_after: Duration = _d("2s")  # live: no event for this long (wall) => ticks advance with wall time
 
 
 class LoggingConfig(_Section):
@@ -282,6 +284,8 @@ def validate(cfg: Config) -> None:
     d = cfg.daemon
     _positive("daemon.tick", d.tick.ms)
     _positive("store.max_held", cfg.store.max_held)
+    _positive("daemon.max_ahead", d.max_ahead.ms)
+    _positive("daemon.stall_after", d.stall_after.ms)
     for name in ("queue_frames", "max_symbols", "max_accounts"):
         _positive(f"daemon.{name}", getattr(d, name))
     if not 0 < d.drain_timeout.seconds <= 10:

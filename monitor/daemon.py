@@ -65,7 +65,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
     x = cfg.alerts.exposure
     graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
     state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)
-    return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms)
+    return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms, max_ahead_ms=cfg.daemon.max_ahead.ms)
 
 
 
@@ -82,6 +82,10 @@ class Daemon:
         self.cfg = cfg
         restored = None if pipeline is not None else load_checkpoint(cfg)
         self.pipeline = pipeline or (restored.pipeline if restored else None) or build_pipeline(cfg)
+        self.pipeline.clock.max_ahead_ms = cfg.daemon.max_ahead.ms  # the config wins over a checkpoint's
+        self._last_event_wall = time.monotonic()  # when the clock last moved with an event (stall detection)
+        self._last_event_ts = self._anchor_ts = 0
+        self.stall_ticks = 0  # times event time was advanced from wall time (a stalled stream)
         self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
         self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
@@ -261,6 +265,10 @@ class Daemon:
             await asyncio.sleep(every_s)
             now = loop.time()
             self.loop_lag_s = max(0.0, now - t - every_s)
+            try:
+                self._advance_stalled()
+            except Exception as e:  # a detector bug on a wall-driven tick costs that tick
+                self._task_failed("stall_ticks", e)
             if watchdog is not None and now - last_ping >= min(watchdog, 5.0):
                 self.notifier.notify(WATCHDOG=1)
                 last_ping = now
@@ -313,12 +321,38 @@ class Daemon:
                 log.error("frame_failed", source=name, error=f"{type(e).__name__}: {e}"[:300],
                           sample=_sample(sample), failed_total=self.frames_failed[name])
 
+    def _advance_stalled(self) -> None:
+        """Live: a stream that stops advancing (silence, or timestamps that stopped moving)
+        must not stop the tick detectors. After ``daemon.stall_after`` of wall time without
+        the stream moving the clock, event time follows wall time from where the stream left
+        it, one second behind (events in flight). Called from the heartbeat; replay never."""
+        p = self.pipeline
+        now_ts = p.clock.now
+        if not now_ts:
+            return
+        wall = time.monotonic()
+        if now_ts != self._last_event_ts:  # the stream moved the clock: a new anchor
+            self._last_event_ts, self._last_event_wall, self._anchor_ts = now_ts, wall, now_ts
+            return
+        stalled = wall - self._last_event_wall
+        if stalled < self.cfg.daemon.stall_after.seconds:
+            return
+        target = self._anchor_ts + int((stalled - 1.0) * 1000)
+        if target > now_ts:
+            found = p.advance_to(target)
+            self.stall_ticks += 1
+            self._last_event_ts = p.clock.now  # our own move, not the stream's
+            if found:
+                self._pending.extend(found)
+                self._wake_flusher.set()
+
     def _handle(self, name: str, frame: bytes | str | RestSnapshot) -> None:
         if isinstance(frame, RestSnapshot):
             events = self.sessions[name].apply(frame)
         else:
             events = self.codecs[name].decode(frame)
         if events:
+            self.pipeline.set_wall(int(time.time() * 1000))
             lag = time.time() - events[-1].ts / 1000
             self.lag_sum += lag
             self.lag_buckets[bisect_left(LAG_BUCKETS, lag)] += 1

@@ -318,3 +318,28 @@ def test_sigterm_under_load_with_a_peer_that_never_answers_the_close(tmp_path):
     wait_for(lambda: (tmp_path / CHECKPOINT).exists(), "the checkpoint")
     wait_for(lambda: not list(tmp_path.glob("checkpoint.*.tmp")), "the writer to finish")
     assert load_checkpoint(load(cfg)) is not None
+
+
+def test_a_stalled_stream_still_ticks_and_a_future_heartbeat_is_refused(tmp_path):
+    """A gap, then one heartbeat 10 years ahead, then silence: the heartbeat is refused
+    (counted), and event time follows wall time while the stream is silent, so the stuck
+    book's critical still fires. Before: the clock froze at +10 years (or at the last
+    event) and the critical never came."""
+    store = tmp_path / "pw.db"
+    now = int(time.time() * 1000)
+    frames = [frame({"type": "book", "symbol": "X", "ts": now, "seq": 1, "snapshot": True}),
+              frame({"type": "book", "symbol": "X", "ts": now + 50, "seq": 3}),
+              frame({"type": "heartbeat", "ts": now + 10 * 365 * 86_400_000})]
+    with ThreadedFeed(frames) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, store,
+                           '[daemon]\nstall_after = "1s"\n[detectors.feed_gap]\nstuck_after_ms = 2000\n')
+        proc = start_daemon(cfg)
+        try:
+            wait_for(lambda: store.exists() and any(a["severity"] == "critical" for a in
+                                                    Store.reader(store).anomalies(kind="feed_gap")),
+                     "the stuck book's critical feed_gap")
+        finally:
+            code, _, err = stop_daemon(proc)
+    assert code == 0, err
+    [critical] = [a for a in Store.reader(store).anomalies(kind="feed_gap") if a["severity"] == "critical"]
+    assert critical["ts"] < now + 3_600_000  # on the stream's time, not ten years on

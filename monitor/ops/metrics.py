@@ -110,10 +110,25 @@ class DaemonCollector:
         for result, n in (("written", c.written), ("failed", c.failed), ("skipped", c.skipped)):
             ck.add_metric([result], n)
         yield ck
-        refused_symbols = CounterMetricFamily("perpwatch_symbols_refused",
-                                              "Events refused because the symbol table was full (daemon.max_symbols).")
-        refused_symbols.add_metric([], d.pipeline.state.rejected_symbols)
-        yield refused_symbols
+        p = d.pipeline
+        refused = CounterMetricFamily("perpwatch_events_refused", "Events refused before any state or detector saw "
+                                      "them, by reason.", labels=["reason"])
+        refused.add_metric(["symbols_full"], p.state.rejected_symbols)  # daemon.max_symbols
+        refused.add_metric(["future_ts"], p.refused_future)  # daemon.max_ahead
+        yield refused
+        clock = CounterMetricFamily("perpwatch_clock_moves", "Event-time moves not made by an ordinary event, by "
+                                    "cause.", labels=["cause"])
+        clock.add_metric(["resync"], p.clock.resyncs)  # a consistent run of future events was followed
+        clock.add_metric(["stalled_stream"], d.stall_ticks)  # advanced from wall time
+        yield clock
+        overflow = CounterMetricFamily("perpwatch_detector_overflow", "Work a detector shed at its bound, by "
+                                       "detector and what.", labels=["detector", "what"])
+        for det in p.detectors:
+            for attr in ("pending_dropped", "early_recomputes"):
+                n = getattr(det, attr, None)
+                if n is not None:
+                    overflow.add_metric([det.name, attr], n)
+        yield overflow
         accounts = GaugeMetricFamily("perpwatch_accounts", "Accounts held in state.")
         accounts.add_metric([], len(d.pipeline.state.accounts))
         yield accounts
