@@ -28,6 +28,13 @@ it fails again, is expired: marked with ``expired_at`` and its last error, count
 ``expired`` and logged. With the backoff capped at 5 min that is a day of retrying a
 dead receiver; a later state of the incident gets a new row.
 
+Bounds: incident states and synthesized anomalies held for a failing store,
+``MAX_UNWRITTEN`` each (beyond it the oldest are dropped and counted in
+``dropped_unwritten``); at most one delivered-but-unmarked row per receiver; ``errors``
+and ``last_error`` have one key per task (``deliver:<receiver>``, ``timers``, ``handle``,
+``correlate``, ``start``, ``drain``); error samples are masked and cut to 200 characters.
+Each delivery pass reads at most 100 due rows of its receiver.
+
 Restart: open incidents and route timers come back from the checkpoint
 (``snapshot``/``restore``). At ``start`` the engine (1) closes incidents the store has as
 firing that the checkpoint does not hold (status ``abandoned``, see
