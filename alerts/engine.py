@@ -105,6 +105,10 @@ def payload(inc: Incident) -> bytes:
     })
 
 
+class _Stopped(Exception):
+    """A delivery task's drain is over."""
+
+
 class AlertEngine:
     def __init__(self, cfg: Config, state: MarketState | None = None, rng: random.Random | None = None,
                  event_now: Callable[[], int] | None = None) -> None:
@@ -127,7 +131,9 @@ class AlertEngine:
         self._route_state: dict[tuple[int, str], RouteState] = {}
         self._next_send: dict[str, float] = {}
         self._rng = rng or random.Random()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # the timers task
+        self._delivery: dict[str, asyncio.Task] = {}  # one delivery task per receiver
+        self._stop_at: float | None = None  # loop time by which the drain must be done
         self._wake = {name: asyncio.Event() for name in self.notifiers}
         self._route_lock = asyncio.Lock()
         self.max_attempts = MAX_ATTEMPTS
@@ -151,9 +157,9 @@ class AlertEngine:
             await asyncio.to_thread(self._settle_restart)
         except Exception as e:  # the store is failing: the next start settles it
             self._error("start", e)
-        self._tasks = [asyncio.create_task(self._supervise(f"deliver:{name}", self._deliver_step, name),
-                                           name=f"alerts:deliver:{name}") for name in self.notifiers]
-        self._tasks.append(asyncio.create_task(self._supervise("timers", self._timers_step), name="alerts:timers"))
+        self._delivery = {name: asyncio.create_task(self._supervise(f"deliver:{name}", self._deliver_step, name),
+                                                    name=f"alerts:deliver:{name}") for name in self.notifiers}
+        self._tasks = [asyncio.create_task(self._supervise("timers", self._timers_step), name="alerts:timers")]
 
     async def handle(self, anomalies: list[Anomaly]) -> None:
         """Correlate, store and route; never raises for a failing store (kept, retried)."""
@@ -175,6 +181,11 @@ class AlertEngine:
             self._error("handle", e)
 
     async def drain(self, deadline: float) -> None:
+        """Final routing, then each receiver's task delivers what is due until nothing is or
+        ``deadline`` (loop time) is near. A POST in flight is let finish (its answer is
+        recorded, so it is not sent again at the next start) unless the deadline comes first."""
+        loop = asyncio.get_running_loop()
+        self._stop_at = deadline - 0.2
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -184,7 +195,16 @@ class AlertEngine:
             await self._route(time.time())
         except Exception as e:
             self._error("drain", e)
-        await asyncio.gather(*(self._drain_receiver(name, deadline) for name in self.notifiers))
+        if self._delivery:
+            for wake in self._wake.values():
+                wake.set()
+            tasks = list(self._delivery.values())
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, self._stop_at - loop.time()))
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        else:  # never started
+            await asyncio.gather(*(self._drain_receiver(name, self._stop_at) for name in self.notifiers))
         try:
             pending = await asyncio.to_thread(self.outbox.pending)
         except Exception as e:
@@ -201,9 +221,9 @@ class AlertEngine:
 
     async def _drain_receiver(self, name: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        while loop.time() < deadline - 0.2:
+        while loop.time() < deadline:
             try:
-                if await self._deliver_due(name, deadline - 0.2) == 0:
+                if await self._deliver_due(name, deadline) == 0:
                     return
             except Exception as e:
                 self._error(f"deliver:{name}", e)
@@ -260,16 +280,23 @@ class AlertEngine:
         """Run ``step`` forever; a failed iteration is counted, logged (sampled) and retried
         after a backoff that doubles while it keeps failing."""
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await step(*args)
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except _Stopped:
+                return
             except Exception as e:
                 failures += 1
                 self._error(task, e)
-                await asyncio.sleep(min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** min(failures - 1, 16)))
+                pause = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** min(failures - 1, 16))
+                if self._stop_at is not None:
+                    if loop.time() + pause >= self._stop_at:
+                        return
+                await asyncio.sleep(pause)
 
     def _error(self, task: str, e: BaseException) -> None:
         self.errors[task] += 1
@@ -391,6 +418,11 @@ class AlertEngine:
 
     # -- delivery ---------------------------------------------------------------------------
     async def _deliver_step(self, receiver: str) -> None:
+        if self._stop_at is not None:  # draining: until nothing is due or the deadline
+            if asyncio.get_running_loop().time() >= self._stop_at or \
+                    await self._deliver_due(receiver, self._stop_at) == 0:
+                raise _Stopped
+            return
         n = await self._deliver_due(receiver)
         if n == 0:
             wake = self._wake[receiver]
@@ -413,6 +445,8 @@ class AlertEngine:
         rows = await asyncio.to_thread(self.outbox.due, time.time(), 100, receiver)
         done = 0
         for row_id, _, incident_id, body, attempts, created_at in rows:
+            if deadline is None and self._stop_at is not None:  # the drain began during this pass
+                deadline = self._stop_at
             wait = self._next_send.get(receiver, 0.0) - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)

@@ -237,3 +237,76 @@ def test_a_clean_restart_resumes_its_incidents(tmp_path, checkpointed):
     [(status, timeline)] = sqlite3.connect(tmp_path / "pw.db").execute("SELECT status, timeline FROM incidents")
     assert status == ("firing" if checkpointed else "abandoned")
     assert ("abandoned at restart" in timeline) is (not checkpointed)
+
+
+def test_mark_sent_keeps_a_state_that_replaced_the_row_in_flight(tmp_path):
+    """A newer state of the incident replaced the pending payload while the old one was being
+    POSTed: marking the old one sent must not swallow the new one (at-least-once)."""
+    from alerts.outbox import Outbox
+    ob = Outbox(tmp_path / "pw.db")
+    ob.enqueue("r", "inc-1", b"v1", now=1.0)
+    [row] = ob.due(now=2.0)
+    ob.enqueue("r", "inc-1", b"v2", now=3.0)  # while v1 is in flight
+    assert ob.mark_sent(row[0], now=4.0, payload=b"v1") is False
+    assert [r[3] for r in ob.due(now=5.0)] == [b"v2"]
+    assert ob.mark_sent(row[0], now=6.0, payload=b"v2") is True and ob.pending() == 0
+
+
+class GatedReceiver:
+    """An HTTP receiver on 127.0.0.1 that records each POST, then answers 200 only once
+    ``gate`` is set."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.gate = threading.Event()
+        self.bodies: list[bytes] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                receiver.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                receiver.gate.wait(WAIT_S)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> GatedReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+
+
+def test_drain_lets_a_post_in_flight_finish_instead_of_sending_it_again(tmp_path):
+    """SIGTERM while a POST is in flight: the drain waits for its answer (within the deadline)
+    and records it, rather than cancelling it and sending the same body a second time."""
+    with GatedReceiver() as hook:
+        async def main():
+            engine = AlertEngine(config(tmp_path, [("hook", hook.url, "5s")]))
+            await engine.start()
+            await engine.handle([gap("BTC-PERP")])
+            await until(lambda: hook.bodies, "the POST in flight")
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, hook.gate.set)  # the receiver answers soon after the stop began
+            await engine.drain(loop.time() + 5)
+            return engine
+
+        engine = asyncio.run(main())
+    assert len(hook.bodies) == 1 and engine.sent == 1
+    assert sqlite3.connect(tmp_path / "pw.db").execute(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0] == 0
