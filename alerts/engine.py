@@ -174,11 +174,11 @@ class AlertEngine:
             extra.extend(synthesized)
         self._unstored.extend(extra)
         self._take_closed()
-        try:
-            await self._persist()
-            await self._route(time.time())
-        except Exception as e:
-            self._error("handle", e)
+        for step in (self._persist, self._route):  # independent: a failing incidents write must not hold sends
+            try:
+                await step()
+            except Exception as e:
+                self._error("handle", e)
 
     async def drain(self, deadline: float) -> None:
         """Final routing, then each receiver's task delivers what is due until nothing is or
@@ -189,12 +189,12 @@ class AlertEngine:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        try:
-            await self._resolve_quiet()
-            await self._persist()
-            await self._route(time.time())
-        except Exception as e:
-            self._error("drain", e)
+        await self._resolve_quiet()
+        for step in (self._persist, self._route):
+            try:
+                await step()
+            except Exception as e:
+                self._error("drain", e)
         if self._delivery:
             for wake in self._wake.values():
                 wake.set()
@@ -340,9 +340,9 @@ class AlertEngine:
                     del self._dirty[inc.id]
 
     # -- routing ----------------------------------------------------------------------------
-    async def _route(self, now: float) -> None:
+    async def _route(self, now: float | None = None) -> None:
         async with self._route_lock:  # one pass at a time: two would queue the same update
-            await self._route_locked(now)
+            await self._route_locked(time.time() if now is None else now)
 
     async def _route_locked(self, now: float) -> None:
         batch: list[tuple[str, str, bytes]] = []
@@ -397,8 +397,10 @@ class AlertEngine:
         what a failing store could not take is written again."""
         await asyncio.sleep(0.5)
         await self._resolve_quiet()
-        await self._persist()
-        await self._route(time.time())
+        try:
+            await self._persist()
+        finally:  # routing goes on even when the incidents cannot be written
+            await self._route()
         if time.monotonic() - self._orphans_checked >= ORPHAN_SWEEP_S:
             await self._sweep_orphans()
             self._orphans_checked = time.monotonic()
