@@ -6,6 +6,42 @@ receiver that is down or to a restart: the delivery loop resumes from the table.
 Retries use capped exponential backoff with full jitter and honour ``Retry-After``;
 a fatal answer (4xx but 429) is retried at the cap, never dropped. Slack gets at most
 one message a second per receiver unless configured otherwise.
+
+Tasks, one per receiver plus one for the timers, each supervised. Receivers are
+independent: each has its own delivery task reading only its own due rows, its own rate
+limit and its own backoff, so a receiver that hangs until its ``timeout`` (5 s by
+default) or is down never delays another's notifications.
+
+Failures cost the row or the pass, never the task: an exception in one iteration (the
+store locked or failing, a notifier bug) is counted in ``errors`` by task (shown in
+``status()``), logged with a masked sample at most once a minute per task and kind, and
+the task goes on after a short backoff (``ERROR_BACKOFF_S`` doubling up to
+``ERROR_BACKOFF_MAX_S``). Nothing is lost: a row stays pending until it is marked sent;
+a row delivered but not yet marked (the store was locked) is marked before anything else
+is sent to that receiver; incident states and synthesized anomalies that could not be
+written are kept (bounded: ``MAX_UNWRITTEN``) and written on the next pass; a route's
+timer advances only once its notification is in the outbox.
+
+Per-row limits: each POST is bounded by the receiver's ``timeout``. A row that failed
+``MAX_ATTEMPTS`` times, or whose first attempt is older than ``MAX_AGE_S`` (24 h) when
+it fails again, is expired: marked with ``expired_at`` and its last error, counted in
+``expired`` and logged. With the backoff capped at 5 min that is a day of retrying a
+dead receiver; a later state of the incident gets a new row.
+
+Bounds: incident states and synthesized anomalies held for a failing store,
+``MAX_UNWRITTEN`` each (beyond it the oldest are dropped and counted in
+``dropped_unwritten``); at most one delivered-but-unmarked row per receiver; ``errors``
+and ``last_error`` have one key per task (``deliver:<receiver>``, ``timers``, ``handle``,
+``correlate``, ``start``, ``drain``); error samples are masked and cut to 200 characters.
+Each delivery pass reads at most 100 due rows of its receiver.
+
+Restart: open incidents and route timers come back from the checkpoint
+(``snapshot``/``restore``). At ``start`` the engine (1) closes incidents the store has as
+firing that the checkpoint does not hold (status ``abandoned``, see
+``alerts/incidents.py``), and (2) reconciles the restored route timers with the outbox:
+when the newest row of an (incident, receiver) already carries the incident's current
+body, the timer counts it as sent, so a checkpoint older than the last send does not
+send the same body twice.
 """
 
 from __future__ import annotations
@@ -13,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import msgspec
@@ -20,6 +57,7 @@ import structlog
 
 from alerts.correlate import Correlator, Incident
 from alerts.incidents import IncidentTable
+from alerts.notify import Result, describe, mask
 from alerts.notify.log import LogNotifier
 from alerts.notify.slack import SlackNotifier
 from alerts.notify.webhook import WebhookNotifier
@@ -29,12 +67,18 @@ from alerts.mute import Muter
 from alerts.silence import POLL_S, SilenceTable
 from monitor.config import Config, ReceiverConfig, receiver_url, resolve_secret
 from monitor.events import Anomaly
+from monitor.logs import RateLimitedSamples
 from monitor.state import MarketState
 from monitor.store import Store
 
 log = structlog.get_logger("perpwatch.alerts")
 _encode = msgspec.json.Encoder().encode
 BACKOFF_CAP_S = 300.0
+MAX_ATTEMPTS = 500  # failed attempts of one row before it expires (~a day at the backoff cap)
+MAX_AGE_S = 24 * 3600.0  # a row first queued longer ago than this expires at its next failure
+ERROR_BACKOFF_S, ERROR_BACKOFF_MAX_S = 0.1, 5.0  # a task's pause after a failed iteration
+MAX_UNWRITTEN = 20_000  # incident states / synthesized anomalies held while the store fails
+ORPHAN_SWEEP_S = 60.0  # rows of receivers no longer configured: looked at this often
 
 
 def make_notifier(r: ReceiverConfig, index: int):
@@ -61,6 +105,10 @@ def payload(inc: Incident) -> bytes:
     })
 
 
+class _Stopped(Exception):
+    """A delivery task's drain is over."""
+
+
 class AlertEngine:
     def __init__(self, cfg: Config, state: MarketState | None = None, rng: random.Random | None = None,
                  event_now: Callable[[], int] | None = None) -> None:
@@ -83,39 +131,85 @@ class AlertEngine:
         self._route_state: dict[tuple[int, str], RouteState] = {}
         self._next_send: dict[str, float] = {}
         self._rng = rng or random.Random()
-        self._tasks: list[asyncio.Task] = []
-        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []  # the timers task
+        self._delivery: dict[str, asyncio.Task] = {}  # one delivery task per receiver
+        self._stop_at: float | None = None  # loop time by which the drain must be done
+        self._wake = {name: asyncio.Event() for name in self.notifiers}
+        self._route_lock = asyncio.Lock()
+        self.max_attempts = MAX_ATTEMPTS
+        self.max_age_s = MAX_AGE_S
         self.sent = 0
         self.failed = 0
+        self.expired = 0
+        self.errors: Counter[str] = Counter()  # failed iterations by task (deliver:<receiver>, timers, handle)
+        self.last_error: dict[str, str] = {}  # task -> masked sample of its latest error
+        self._samples = RateLimitedSamples(per_minute=1)
+        self._dirty: dict[str, Incident] = {}  # incident states not yet in the store
+        self._unstored: list[Anomaly] = []  # synthesized anomalies not yet in the store
+        self._unmarked: dict[str, tuple[int, bytes]] = {}  # receiver -> row delivered, not yet marked sent
+        self._orphans_checked = 0.0
+        self.abandoned = 0
+        self.dropped_unwritten = 0
 
     # -- the sink protocol ------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._deliver_forever(), name="alerts:deliver"),
-                       asyncio.create_task(self._timers_forever(), name="alerts:timers")]
+        try:
+            await asyncio.to_thread(self._settle_restart)
+        except Exception as e:  # the store is failing: the next start settles it
+            self._error("start", e)
+        self._delivery = {name: asyncio.create_task(self._supervise(f"deliver:{name}", self._deliver_step, name),
+                                                    name=f"alerts:deliver:{name}") for name in self.notifiers}
+        self._tasks = [asyncio.create_task(self._supervise("timers", self._timers_step), name="alerts:timers")]
 
     async def handle(self, anomalies: list[Anomaly]) -> None:
-        changed: dict[str, Incident] = {}
+        """Correlate, store and route; never raises for a failing store (kept, retried)."""
         extra: list[Anomaly] = []
         for a in anomalies:
-            inc, synthesized = self.correlator.add(a, self.state)
-            changed[inc.id] = inc
+            try:
+                inc, synthesized = self.correlator.add(a, self.state)
+            except Exception as e:  # a correlator bug costs this anomaly, not the daemon
+                self._error("correlate", e)
+                continue
+            self._dirty[inc.id] = inc
             extra.extend(synthesized)
-        if extra:
-            await asyncio.to_thread(self.store.write_anomalies, extra)
-        await asyncio.to_thread(self.incidents.upsert, list(changed.values()) + self.correlator.take_closed())
-        await self._route(time.time())
+        self._unstored.extend(extra)
+        self._take_closed()
+        for step in (self._persist, self._route):  # independent: a failing incidents write must not hold sends
+            try:
+                await step()
+            except Exception as e:
+                self._error("handle", e)
 
     async def drain(self, deadline: float) -> None:
+        """Final routing, then each receiver's task delivers what is due until nothing is or
+        ``deadline`` (loop time) is near. A POST in flight is let finish (its answer is
+        recorded, so it is not sent again at the next start) unless the deadline comes first."""
+        loop = asyncio.get_running_loop()
+        self._stop_at = deadline - 0.2
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._resolve_quiet()
-        await self._route(time.time())
-        loop = asyncio.get_running_loop()
-        while loop.time() < deadline - 0.2:
-            if await self._deliver_due() == 0:
-                break
-        pending = await asyncio.to_thread(self.outbox.pending)
+        for step in (self._persist, self._route):
+            try:
+                await step()
+            except Exception as e:
+                self._error("drain", e)
+        if self._delivery:
+            for wake in self._wake.values():
+                wake.set()
+            tasks = list(self._delivery.values())
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, self._stop_at - loop.time()))
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        else:  # never started
+            await asyncio.gather(*(self._drain_receiver(name, self._stop_at) for name in self.notifiers))
+        try:
+            pending = await asyncio.to_thread(self.outbox.pending)
+        except Exception as e:
+            self._error("drain", e)
+            pending = None
         if pending:
             log.warning("notifications_pending_at_stop", pending=pending, note="sent after the next start")
         for n in self.notifiers.values():
@@ -124,6 +218,16 @@ class AlertEngine:
         self.silence_table.close()
         self.incidents.close()
         self.store.close()
+
+    async def _drain_receiver(self, name: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            try:
+                if await self._deliver_due(name, deadline) == 0:
+                    return
+            except Exception as e:
+                self._error(f"deliver:{name}", e)
+                return
 
     # -- checkpoint -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -139,9 +243,110 @@ class AlertEngine:
             self._route_state = {k: v for k, v in snap["route_state"].items() if k[1] in c.open}
         log.info("incidents_restored", open=len(c.open), route_timers=len(self._route_state))
 
+    def _settle_restart(self) -> None:
+        """At start (in a thread): close what a dead process left firing, and count as sent
+        what the outbox shows was already queued or sent for a restored incident."""
+        keep = set(self.correlator.open) | {i.id for i in self.correlator.closed}
+        dead = self.incidents.abandon_firing(
+            keep, "abandoned at restart: the process holding it stopped without a checkpoint that has it")
+        if dead:
+            self.abandoned += len(dead)
+            log.warning("incidents_abandoned", count=len(dead), sample=dead[:5],
+                        note="firing in the store, not in the checkpoint: closed as abandoned")
+        now = time.time()
+        reconciled = 0
+        for inc in list(self.correlator.open.values()):
+            body = None
+            for i, route in enumerate(self.routes):
+                if not matches(route, inc.severity, inc.kinds, inc.symbols):
+                    continue
+                latest = self.outbox.latest(route.receiver, inc.id)
+                if latest is not None:
+                    body = body or payload(inc)
+                    st = self._route_state.get((i, inc.id))
+                    if latest[0] == body and (st is None or st.sent_version != inc.version):
+                        if st is None:
+                            st = self._route_state[(i, inc.id)] = RouteState(now)
+                        st.last_sent = min(now, latest[2] or latest[1])
+                        st.sent_version = inc.version
+                        reconciled += 1
+                if not route.continue_:
+                    break
+        if reconciled:
+            log.info("route_timers_reconciled", count=reconciled, note="bodies already in the outbox are not re-sent")
+
+    # -- supervision ------------------------------------------------------------------------
+    async def _supervise(self, task: str, step: Callable[..., Any], *args: Any) -> None:
+        """Run ``step`` forever; a failed iteration is counted, logged (sampled) and retried
+        after a backoff that doubles while it keeps failing."""
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await step(*args)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except _Stopped:
+                return
+            except Exception as e:
+                failures += 1
+                self._error(task, e)
+                pause = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** min(failures - 1, 16))
+                if self._stop_at is not None:
+                    if loop.time() + pause >= self._stop_at:
+                        return
+                await asyncio.sleep(pause)
+
+    def _error(self, task: str, e: BaseException) -> None:
+        self.errors[task] += 1
+        sample = mask(f"{type(e).__name__}: {e}", 200)
+        self.last_error[task] = sample
+        if self._samples.allow(f"{task}:{type(e).__name__}"):
+            log.error("alerts_task_error", task=task, error=sample, errors_total=self.errors[task],
+                      note="counted; the task goes on after a backoff, nothing is dropped")
+
+    # -- incidents in the store --------------------------------------------------------------
+    def _take_closed(self) -> None:
+        for inc in self.correlator.take_closed():
+            self._dirty[inc.id] = inc
+        self._bound_unwritten()
+
+    def _bound_unwritten(self) -> None:
+        while len(self._dirty) > MAX_UNWRITTEN:
+            del self._dirty[next(iter(self._dirty))]
+            self.dropped_unwritten += 1
+        if len(self._unstored) > MAX_UNWRITTEN:
+            self.dropped_unwritten += len(self._unstored) - MAX_UNWRITTEN
+            del self._unstored[:-MAX_UNWRITTEN]
+
+    async def _persist(self) -> None:
+        """Write held synthesized anomalies and incident states; on failure they stay held."""
+        if self._unstored:
+            batch, self._unstored = self._unstored, []
+            try:
+                await asyncio.to_thread(self.store.write_anomalies, batch)
+            except BaseException:
+                self._unstored[:0] = batch
+                self._bound_unwritten()
+                raise
+        if self._dirty:
+            incs = list(self._dirty.values())
+            seen = [(i.version, i.status) for i in incs]
+            rows = IncidentTable.rows(incs)  # built here, on the loop that mutates them
+            await asyncio.to_thread(self.incidents.write_rows, rows)
+            for inc, (version, status) in zip(incs, seen):
+                if self._dirty.get(inc.id) is inc and (inc.version, inc.status) == (version, status):
+                    del self._dirty[inc.id]
+
     # -- routing ----------------------------------------------------------------------------
-    async def _route(self, now: float) -> None:
+    async def _route(self, now: float | None = None) -> None:
+        async with self._route_lock:  # one pass at a time: two would queue the same update
+            await self._route_locked(time.time() if now is None else now)
+
+    async def _route_locked(self, now: float) -> None:
         batch: list[tuple[str, str, bytes]] = []
+        advance: list[tuple[RouteState, int]] = []
         live = set()
         if time.monotonic() - self._silences_read >= POLL_S:
             self.muter.silences = await asyncio.to_thread(self.silence_table.all)
@@ -168,7 +373,7 @@ class AlertEngine:
                 if why is not None:
                     body = body or payload(inc)
                     batch.append((route.receiver, inc.id, body))
-                    st.last_sent, st.sent_version = now, inc.version
+                    advance.append((st, inc.version))
                 if not route.continue_:
                     break
         for key in [k for k in self._route_state if k[1] not in live]:  # resolved incidents
@@ -176,63 +381,122 @@ class AlertEngine:
         for key in [k for k in self._quiet if k not in live]:
             del self._quiet[key]
         if batch:
-            await asyncio.to_thread(self._enqueue, batch)
-            self._wake.set()
+            await asyncio.to_thread(self._enqueue, batch)  # raises: timers stay, the next pass retries
+            for st, version in advance:
+                st.last_sent, st.sent_version = now, version
+            for receiver in {b[0] for b in batch}:
+                if receiver in self._wake:
+                    self._wake[receiver].set()
 
     def _enqueue(self, batch: list[tuple[str, str, bytes]]) -> None:
         for receiver, incident_id, body in batch:
             self.outbox.enqueue(receiver, incident_id, body)
 
-    async def _timers_forever(self) -> None:
-        while True:  # group_wait and repeat_interval fire without new anomalies; quiet incidents resolve
-            await asyncio.sleep(0.5)
-            await self._resolve_quiet()
-            await self._route(time.time())
+    async def _timers_step(self) -> None:
+        """group_wait and repeat_interval fire without new anomalies; quiet incidents resolve;
+        what a failing store could not take is written again."""
+        await asyncio.sleep(0.5)
+        await self._resolve_quiet()
+        try:
+            await self._persist()
+        finally:  # routing goes on even when the incidents cannot be written
+            await self._route()
+        if time.monotonic() - self._orphans_checked >= ORPHAN_SWEEP_S:
+            await self._sweep_orphans()
+            self._orphans_checked = time.monotonic()
 
     async def _resolve_quiet(self) -> None:
         if self.event_now is not None and (now := self.event_now()):
             self.correlator.resolve(now)
-        closed = self.correlator.take_closed()
-        if closed:
-            await asyncio.to_thread(self.incidents.upsert, closed)
+        self._take_closed()
+
+    async def _sweep_orphans(self) -> None:
+        """Rows of receivers that left the config: kept (the receiver may come back), retried
+        rarely, expired by the same policy."""
+        rows = await asyncio.to_thread(self.outbox.due, time.time(), 100, None, list(self.notifiers))
+        for row_id, receiver, incident_id, _, attempts, created_at in rows:
+            await self._failed(row_id, receiver, incident_id, attempts, created_at,
+                               Result("fatal", f"no such receiver {receiver}"))
 
     # -- delivery ---------------------------------------------------------------------------
-    async def _deliver_forever(self) -> None:
-        while True:
-            n = await self._deliver_due()
-            if n == 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 0.25)
-                except TimeoutError:
-                    pass
+    async def _deliver_step(self, receiver: str) -> None:
+        if self._stop_at is not None:  # draining: until nothing is due or the deadline
+            if asyncio.get_running_loop().time() >= self._stop_at or \
+                    await self._deliver_due(receiver, self._stop_at) == 0:
+                raise _Stopped
+            return
+        n = await self._deliver_due(receiver)
+        if n == 0:
+            wake = self._wake[receiver]
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), 0.25)
+            except TimeoutError:
+                pass
 
-    async def _deliver_due(self) -> int:
-        rows = await asyncio.to_thread(self.outbox.due, time.time())
+    async def _deliver_due(self, receiver: str, deadline: float | None = None) -> int:
+        """Send one receiver's due rows, oldest first; returns how many were delivered.
+        With ``deadline`` (loop time), a send that would pass it is abandoned (the row
+        stays pending for the next start)."""
+        notifier = self.notifiers[receiver]
+        loop = asyncio.get_running_loop()
+        if receiver in self._unmarked:  # delivered before the store failed: mark it first
+            row_id, body = self._unmarked[receiver]
+            await asyncio.to_thread(self.outbox.mark_sent, row_id, None, body)
+            del self._unmarked[receiver]
+        rows = await asyncio.to_thread(self.outbox.due, time.time(), 100, receiver)
         done = 0
-        for row_id, receiver, incident_id, body, attempts in rows:
-            notifier = self.notifiers.get(receiver)
-            now = time.time()
-            if notifier is None:  # the receiver left the config: keep it, retry rarely
-                await asyncio.to_thread(self.outbox.mark_failed, row_id, now + BACKOFF_CAP_S, "no such receiver")
-                continue
-            wait = self._next_send.get(receiver, 0.0) - now
+        for row_id, _, incident_id, body, attempts, created_at in rows:
+            if deadline is None and self._stop_at is not None:  # the drain began during this pass
+                deadline = self._stop_at
+            wait = self._next_send.get(receiver, 0.0) - time.time()
             if wait > 0:
-                await asyncio.sleep(min(wait, 1.0))
+                await asyncio.sleep(wait)
             self._next_send[receiver] = time.time() + self.min_gap[receiver]
-            result = await notifier.send(body)
+            try:
+                send = notifier.send(body)
+                if deadline is not None:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        send.close()
+                        break
+                    result = await asyncio.wait_for(send, left)
+                else:
+                    result = await send
+            except TimeoutError:
+                if deadline is not None:
+                    break  # the stop deadline, not the receiver's timeout: still pending
+                result = Result("retryable", f"TimeoutError (receiver {receiver})")
+            except Exception as e:  # a notifier bug costs this attempt, like a failed POST
+                self._error(f"deliver:{receiver}", e)
+                result = Result("retryable", describe(e, receiver))
             if result.outcome == "ok":
                 self.sent += 1
                 done += 1
-                await asyncio.to_thread(self.outbox.mark_sent, row_id)
+                self._unmarked[receiver] = (row_id, body)
+                await asyncio.to_thread(self.outbox.mark_sent, row_id, None, body)
+                del self._unmarked[receiver]
                 log.info("notification_sent", receiver=receiver, incident_id=incident_id, attempts=attempts + 1)
                 continue
-            self.failed += 1
-            delay = self._backoff(attempts, result.retry_after, fatal=result.outcome == "fatal")
-            await asyncio.to_thread(self.outbox.mark_failed, row_id, time.time() + delay, result.error)
-            log.warning("notification_failed", receiver=receiver, incident_id=incident_id, error=result.error,
-                        outcome=result.outcome, retry_in_s=round(delay, 2))
+            await self._failed(row_id, receiver, incident_id, attempts, created_at, result)
         return done
+
+    async def _failed(self, row_id: int, receiver: str, incident_id: str, attempts: int, created_at: float,
+                      result: Result) -> None:
+        self.failed += 1
+        error = mask(result.error)
+        age = time.time() - created_at
+        if attempts + 1 >= self.max_attempts or age > self.max_age_s:
+            why = f"expired after {attempts + 1} attempts over {age:.0f} s: {error}"
+            await asyncio.to_thread(self.outbox.mark_expired, row_id, why)
+            self.expired += 1
+            log.error("notification_expired", receiver=receiver, incident_id=incident_id, attempts=attempts + 1,
+                      age_s=round(age), error=error)
+            return
+        delay = self._backoff(attempts, result.retry_after, fatal=result.outcome == "fatal")
+        await asyncio.to_thread(self.outbox.mark_failed, row_id, time.time() + delay, error)
+        log.warning("notification_failed", receiver=receiver, incident_id=incident_id, error=error,
+                    outcome=result.outcome, retry_in_s=round(delay, 2))
 
     def _backoff(self, attempts: int, retry_after: float | None, fatal: bool) -> float:
         if retry_after is not None:
@@ -242,5 +506,15 @@ class AlertEngine:
         return max(0.25, self._rng.uniform(0, min(BACKOFF_CAP_S, 0.5 * 2 ** attempts)))
 
     def status(self) -> dict[str, Any]:
-        return {"open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed,
-                "pending": self.outbox.pending(), "oldest_pending_s": self.outbox.oldest_pending_age()}
+        out: dict[str, Any] = {
+            "open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed,
+            "expired": self.expired, "errors": dict(self.errors), "last_error": dict(self.last_error),
+            "unwritten": len(self._dirty) + len(self._unstored), "dropped_unwritten": self.dropped_unwritten,
+            "abandoned_at_start": self.abandoned}
+        try:
+            out["pending"] = self.outbox.pending()
+            out["oldest_pending_s"] = self.outbox.oldest_pending_age()
+        except Exception as e:  # a failing store must not break /metrics
+            out["pending"], out["oldest_pending_s"] = 0, 0.0
+            out["store_error"] = mask(f"{type(e).__name__}: {e}", 200)
+        return out

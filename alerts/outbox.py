@@ -4,6 +4,14 @@ after the receiver said 2xx. Pending rows survive a crash; a restart sends them.
 One row per (receiver, incident) is pending at a time: a newer state of an incident
 replaces the older unsent payload, so a receiver that was down for hours gets the latest
 state of each incident, not a flood.
+
+A row's life ends at ``sent_at``: delivered (a 2xx), or given up when ``expired_at`` is
+also set (the engine's attempt/age policy, see ``alerts/engine.py``; ``last_error`` says
+why). Expired rows leave the pending count and the one-pending-row index like sent ones,
+so a later state of the incident gets a fresh row; retention purges both.
+
+``mark_sent`` only marks the payload that was actually sent: if a newer state replaced
+it while the POST was in flight, the row stays pending and the newer state goes out next.
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     sent_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    expired_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sent_at, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_incident ON outbox (incident_id);
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_one_pending ON outbox (receiver, incident_id) WHERE sent_at IS NULL;
 """
 
@@ -35,6 +45,9 @@ class Outbox:
         self.db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
+        if columns and "expired_at" not in columns:  # a store made before expiry existed
+            self.db.execute("ALTER TABLE outbox ADD COLUMN expired_at REAL")
         self.db.executescript(DDL)
         self._lock = threading.Lock()
 
@@ -48,17 +61,52 @@ class Outbox:
                 " DO UPDATE SET payload = excluded.payload",
                 (receiver, incident_id, payload, now, now))
 
-    def due(self, now: float | None = None, limit: int = 100) -> list[tuple[int, str, str, bytes, int]]:
+    def due(self, now: float | None = None, limit: int = 100, receiver: str | None = None,
+            exclude: list[str] | None = None) -> list[tuple[int, str, str, bytes, int, float]]:
+        """Pending rows whose time has come, oldest first: (id, receiver, incident_id,
+        payload, attempts, created_at); of one receiver, or of any receiver not in ``exclude``."""
         now = time.time() if now is None else now
+        where, args = "sent_at IS NULL AND next_attempt_at <= ?", [now]
+        if receiver is not None:
+            where += " AND receiver = ?"
+            args.append(receiver)
+        if exclude:
+            where += f" AND receiver NOT IN ({', '.join('?' * len(exclude))})"
+            args.extend(exclude)
         with self._lock:
             return self.db.execute(
-                "SELECT id, receiver, incident_id, payload, attempts FROM outbox"
-                " WHERE sent_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
+                "SELECT id, receiver, incident_id, payload, attempts, created_at FROM outbox"
+                f" WHERE {where} ORDER BY id LIMIT ?", (*args, limit)).fetchall()
 
-    def mark_sent(self, row_id: int, now: float | None = None) -> None:
+    def mark_sent(self, row_id: int, now: float | None = None, payload: bytes | None = None) -> bool:
+        """Mark a row delivered; with ``payload``, only if the row still holds that payload
+        (False: a newer state replaced it in flight, and it stays pending)."""
+        now = time.time() if now is None else now
         with self._lock:
-            self.db.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?",
-                            (time.time() if now is None else now, row_id))
+            if payload is None:
+                cur = self.db.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+                                      (now, row_id))
+            else:
+                cur = self.db.execute("UPDATE outbox SET sent_at = ?, attempts = attempts + 1"
+                                      " WHERE id = ? AND payload = ?", (now, row_id, payload))
+                if cur.rowcount == 0:
+                    self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+            return cur.rowcount > 0
+
+    def mark_expired(self, row_id: int, error: str, now: float | None = None) -> None:
+        """Give up on a row (its attempt limit or age is reached): it leaves the queue."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1, sent_at = ?, expired_at = ?, last_error = ?"
+                            " WHERE id = ?", (now, now, error[:300], row_id))
+
+    def latest(self, receiver: str, incident_id: str) -> tuple[bytes, float, float | None] | None:
+        """The newest row of an incident for a receiver: (payload, created_at, sent_at),
+        sent_at None while pending; expired rows do not count (they were not delivered)."""
+        with self._lock:
+            return self.db.execute(
+                "SELECT payload, created_at, sent_at FROM outbox WHERE incident_id = ? AND receiver = ?"
+                " AND expired_at IS NULL ORDER BY id DESC LIMIT 1", (incident_id, receiver)).fetchone()
 
     def mark_failed(self, row_id: int, retry_at: float, error: str) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -32,6 +33,21 @@ err = Console(stderr=True, soft_wrap=True)
 
 FORMATS = ("perpwatch", "binance-usdm", "bybit-v5")
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
+# C0 (incl. ESC, CR, LF, TAB), DEL, C1 (incl. CSI) and the bidi overrides: nothing from the
+# data may move the cursor, clear the screen or reorder what the table shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(value: object) -> str:
+    """A table cell or line built from data: control characters shown as ``\\xNN`` and rich
+    markup escaped, so a symbol named ``[bold red]x[/]`` or ``\\x1b[2J`` prints as itself."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", str(value))
+    return escape(text)
+
+
+def sev_cell(sev: object) -> str:
+    return f"[{SEVERITY_STYLE.get(sev, '')}]{safe(sev)}[/]" if sev in SEVERITY_STYLE else safe(sev)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -146,9 +162,9 @@ def replay(
     if as_json:
         print(msgspec.json.encode(summary).decode())
         return
-    t = Table(title=f"replay of {file.name}", show_header=False)
+    t = Table(title=f"replay of {safe(file.name)}", show_header=False)
     for k, v in summary.items():
-        t.add_row(k, str(v))
+        t.add_row(k, safe(v))
     Console().print(t)
 
 
@@ -207,8 +223,8 @@ def incidents(
     t = make_table(f"{len(rows)} incidents", ("id", "status", "severity", "opened (UTC)", "last (UTC)", "title"))
     for r in rows:
         sev = r["severity"]
-        t.add_row(r["id"], r["status"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]", fmt_ts(r["opened_ts"]),
-                  fmt_ts(r["last_ts"]), r["title"])
+        t.add_row(safe(r["id"]), safe(r["status"]), sev_cell(sev), fmt_ts(r["opened_ts"]),
+                  fmt_ts(r["last_ts"]), safe(r["title"]))
     Console().print(t)
 
 
@@ -229,11 +245,13 @@ def incident(
         return
     console = Console()
     sev = row["severity"]
-    console.print(f"[bold]{row['id']}[/]  [{SEVERITY_STYLE.get(sev, '')}]{sev}[/]  {row['status']}  {row['title']}")
-    console.print(f"symbols: {', '.join(row['symbols']) or '-'}   accounts: {', '.join(row['accounts'][:20]) or '-'}")
+    console.print(f"[bold]{safe(row['id'])}[/]  {sev_cell(sev)}  {safe(row['status'])}  {safe(row['title'])}")
+    console.print(f"symbols: {safe(', '.join(row['symbols'])) or '-'}   "
+                  f"accounts: {safe(', '.join(row['accounts'][:20])) or '-'}")
     t = make_table("timeline (event time)", ("time (UTC)", "kind", "severity", "symbol", "account", "why it joined"))
     for e in row["timeline"]:
-        t.add_row(fmt_ts(e["ts"]), e["kind"], e["severity"], e["symbol"] or "", e["account"] or "", e["reason"])
+        t.add_row(fmt_ts(e["ts"]), safe(e["kind"]), sev_cell(e["severity"]), safe(e["symbol"] or ""),
+                  safe(e["account"] or ""), safe(e["reason"]))
     console.print(t)
 
 
@@ -313,10 +331,10 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
     t = Table.grid(padding=(0, 2))
     for k, v in report.items():
         if k != "sources":
-            t.add_row(k, str(v))
+            t.add_row(k, safe(v))
     for name, s in report["sources"].items():
         age = time.time() - s.get("last_frame_wall", 0) if s.get("last_frame_wall") else None
-        t.add_row(f"source {name}", f"{'connected' if s.get('connected') else 'DOWN'}, {int(s.get('frames', 0))} "
+        t.add_row(f"source {safe(name)}", f"{'connected' if s.get('connected') else 'DOWN'}, {int(s.get('frames', 0))} "
                   f"frames, last {age:.1f} s ago" if age is not None else "no frame yet")
     Console().print(Panel(t, title="perpwatch status"))
 
@@ -362,8 +380,8 @@ def silence_list(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "
         return
     t = make_table(f"{len(rows)} silences", ("id", "symbol", "kind", "account", "until (UTC)", "comment"))
     for r in rows:
-        t.add_row(r["id"], r["symbol"] or "*", r["kind"] or "*", r["account"] or "*",
-                  fmt_ts(int(r["ends_at"] * 1000)), r["comment"])
+        t.add_row(safe(r["id"]), safe(r["symbol"] or "*"), safe(r["kind"] or "*"), safe(r["account"] or "*"),
+                  fmt_ts(int(r["ends_at"] * 1000)), safe(r["comment"]))
     Console().print(t)
 
 
@@ -500,14 +518,15 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     for col in ("kind", "labels", "detected", "recall"):
         t.add_column(col)
     for row in report["per_kind"]:
-        t.add_row(row["kind"], str(row["labels"]), str(row["detected"]), f"{row['recall']:.2f}")
+        t.add_row(safe(row["kind"]), str(row["labels"]), str(row["detected"]), f"{row['recall']:.2f}")
     console.print(t)
     s = Table(show_header=False, title="stream")
     s.add_row("events replayed", f"{report['events']:,} ({report['replay_events_per_s'] or 0:,}/s)")
     s.add_row("simulated hours", str(report["simulated_hours"]))
     s.add_row("false alerts (per unlabelled hour)", f"{report['false_alerts']} ({report['false_alerts_per_hour']})")
     s.add_row("alerts during benign surges", str(report["benign_surge_alerts"]))
-    s.add_row("cascade lead times (s)", ", ".join(f"{c['symbol']} {c['lead_s']}" for c in report["cascades"]) or "-")
+    s.add_row("cascade lead times (s)",
+              safe(", ".join(f"{c['symbol']} {c['lead_s']}" for c in report["cascades"])) or "-")
     s.add_row("median cascade lead (s)", str(report["median_cascade_lead_s"]))
     console.print(s)
 
@@ -517,7 +536,7 @@ def print_json(obj) -> None:
 
 
 def make_table(title: str, columns: tuple[str, ...]) -> Table:
-    t = Table(title=title)
+    t = Table(title=title)  # titles are ours; every cell from data goes through safe()
     for col in columns:
         t.add_column(col, overflow="fold")
     return t
@@ -536,7 +555,7 @@ def summarize_detail(detail: dict, width: int = 90) -> str:
             continue
         parts.append(f"{k}={v}")
     text = " ".join(parts)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return safe(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def print_anomaly_table(rows: list[dict], console: Console | None = None) -> None:
@@ -545,8 +564,8 @@ def print_anomaly_table(rows: list[dict], console: Console | None = None) -> Non
                    ("time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"))
     for r in rows:
         sev = r["severity"]
-        t.add_row(fmt_ts(r["ts"]), r["kind"], f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/]",
-                  r["symbol"] or "", r["account"] or "", f"{r['score']:.3g}", summarize_detail(r["detail"]))
+        t.add_row(fmt_ts(r["ts"]), safe(r["kind"]), sev_cell(sev), safe(r["symbol"] or ""), safe(r["account"] or ""),
+                  f"{r['score']:.3g}", summarize_detail(r["detail"]))
     console.print(t)
 
 

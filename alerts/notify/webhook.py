@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from alerts.notify import Result, post
+from alerts.notify import Result, post, register_secret
 
 
 def sign(secret: bytes, body: bytes, t: int) -> str:
@@ -29,6 +29,8 @@ class WebhookNotifier:
         self.name = name
         self._url = url  # a secret too: never logged
         self._secret = secret.encode() if secret else None
+        register_secret(url)
+        register_secret(secret)
         self.client = client or httpx.AsyncClient(timeout=timeout, verify=True)
 
     async def send(self, body: bytes) -> Result:
