@@ -1,4 +1,11 @@
-"""The daemon's alert sink: stored anomalies -> incidents -> routes -> outbox -> receivers.
+"""The daemon's alert sink: incidents (decided by the pipeline, stored by the daemon) ->
+mute -> routes -> outbox -> receivers.
+
+The engine correlates nothing and writes neither anomalies nor incidents: the pure
+pipeline places every anomaly in an incident on event time (``alerts/correlate.py``) and
+the daemon stores both through its one writer, then hands the engine the stored
+anomalies with the incidents they changed (``handle``). The engine keeps the open ones,
+mutes, routes and delivers.
 
 Everything a receiver will get is written to the outbox (SQLite, beside the anomaly
 store) before any send, and marked sent only after a 2xx, so nothing is lost to a
@@ -18,9 +25,8 @@ store locked or failing, a notifier bug) is counted in ``errors`` by task (shown
 the task goes on after a short backoff (``ERROR_BACKOFF_S`` doubling up to
 ``ERROR_BACKOFF_MAX_S``). Nothing is lost: a row stays pending until it is marked sent;
 a row delivered but not yet marked (the store was locked) is marked before anything else
-is sent to that receiver; incident states and synthesized anomalies that could not be
-written are kept (bounded: ``MAX_UNWRITTEN``) and written on the next pass; a route's
-timer advances only once its notification is in the outbox.
+is sent to that receiver; a route's timer advances only once its notification is in the
+outbox.
 
 Per-row limits: each POST is bounded by the receiver's ``timeout``. A row that failed
 ``MAX_ATTEMPTS`` times, or whose first attempt is older than ``MAX_AGE_S`` (24 h) when
@@ -28,17 +34,17 @@ it fails again, is expired: marked with ``expired_at`` and its last error, count
 ``expired`` and logged. With the backoff capped at 5 min that is a day of retrying a
 dead receiver; a later state of the incident gets a new row.
 
-Bounds: incident states and synthesized anomalies held for a failing store,
-``MAX_UNWRITTEN`` each (beyond it the oldest are dropped and counted in
-``dropped_unwritten``); at most one delivered-but-unmarked row per receiver; ``errors``
-and ``last_error`` have one key per task (``deliver:<receiver>``, ``timers``, ``handle``,
-``correlate``, ``start``, ``drain``); error samples are masked and cut to 200 characters.
-Each delivery pass reads at most 100 due rows of its receiver.
+Bounds: open incidents as the pipeline's correlator bounds them (``MAX_OPEN``); at most
+one delivered-but-unmarked row per receiver; ``errors`` and ``last_error`` have one key
+per task (``deliver:<receiver>``, ``timers``, ``handle``, ``start``, ``drain``); error
+samples are masked and cut to 200 characters. Each delivery pass reads at most 100 due
+rows of its receiver. ``status()`` never touches SQLite (a scrape of /metrics must not
+wait on a locked store): the outbox counts are refreshed by the timers task.
 
-Restart: open incidents and route timers come back from the checkpoint
-(``snapshot``/``restore``). At ``start`` the engine (1) closes incidents the store has as
-firing that the checkpoint does not hold (status ``abandoned``, see
-``alerts/incidents.py``), and (2) reconciles the restored route timers with the outbox:
+Restart: open incidents come back with the pipeline's checkpoint (the daemon closes
+those the store has as firing that the checkpoint does not hold: status ``abandoned``,
+see ``alerts/incidents.py``); route timers come back from this engine's ``snapshot``. At
+``start`` the engine reconciles the restored route timers with the outbox:
 when the newest row of an (incident, receiver) already carries the incident's current
 body, the timer counts it as sent, so a checkpoint older than the last send does not
 send the same body twice.
@@ -55,8 +61,7 @@ from typing import Any, Callable
 import msgspec
 import structlog
 
-from alerts.correlate import Correlator, Incident
-from alerts.incidents import IncidentTable
+from alerts.correlate import Incident
 from alerts.notify import Result, describe, mask
 from alerts.notify.log import LogNotifier
 from alerts.notify.slack import SlackNotifier
@@ -68,8 +73,6 @@ from alerts.silence import POLL_S, SilenceTable
 from monitor.config import Config, ReceiverConfig, receiver_url, resolve_secret
 from monitor.events import Anomaly
 from monitor.logs import RateLimitedSamples
-from monitor.state import MarketState
-from monitor.store import Store
 
 log = structlog.get_logger("perpwatch.alerts")
 _encode = msgspec.json.Encoder().encode
@@ -77,7 +80,6 @@ BACKOFF_CAP_S = 300.0
 MAX_ATTEMPTS = 500  # failed attempts of one row before it expires (~a day at the backoff cap)
 MAX_AGE_S = 24 * 3600.0  # a row first queued longer ago than this expires at its next failure
 ERROR_BACKOFF_S, ERROR_BACKOFF_MAX_S = 0.1, 5.0  # a task's pause after a failed iteration
-MAX_UNWRITTEN = 20_000  # incident states / synthesized anomalies held while the store fails
 ORPHAN_SWEEP_S = 60.0  # rows of receivers no longer configured: looked at this often
 
 
@@ -110,19 +112,15 @@ class _Stopped(Exception):
 
 
 class AlertEngine:
-    def __init__(self, cfg: Config, state: MarketState | None = None, rng: random.Random | None = None,
-                 event_now: Callable[[], int] | None = None) -> None:
+    def __init__(self, cfg: Config, open_incidents: list[Incident] = (), rng: random.Random | None = None) -> None:
+        """``open_incidents``: those a restored pipeline holds open (a restart)."""
         a = cfg.alerts
         self.routes = a.routes
-        self.state = state
-        self.event_now = event_now  # the pipeline's event time: quiet incidents resolve on it
-        self.correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share)
+        self.open: dict[str, Incident] = {i.id: i for i in open_incidents}  # as the pipeline last told us
         self.notifiers = {r.name: make_notifier(r, i) for i, r in enumerate(a.receivers)}
         self.min_gap = {r.name: 1.0 / (r.max_per_second or (1.0 if r.kind == "slack" else 1e9))
                         for r in a.receivers}
         self.outbox = Outbox(cfg.store.path)
-        self.incidents = IncidentTable(cfg.store.path)
-        self.store = Store(cfg.store.path)
         self.silence_table = SilenceTable(cfg.store.path)
         self.muter = Muter(self.silence_table.all())
         self._silences_read = time.monotonic()
@@ -144,12 +142,9 @@ class AlertEngine:
         self.errors: Counter[str] = Counter()  # failed iterations by task (deliver:<receiver>, timers, handle)
         self.last_error: dict[str, str] = {}  # task -> masked sample of its latest error
         self._samples = RateLimitedSamples(per_minute=1)
-        self._dirty: dict[str, Incident] = {}  # incident states not yet in the store
-        self._unstored: list[Anomaly] = []  # synthesized anomalies not yet in the store
+        self._outbox_counts: tuple[int, float] = (0, 0.0)  # (pending, oldest age s), refreshed by the timers
         self._unmarked: dict[str, tuple[int, bytes]] = {}  # receiver -> row delivered, not yet marked sent
         self._orphans_checked = 0.0
-        self.abandoned = 0
-        self.dropped_unwritten = 0
 
     # -- the sink protocol ------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,24 +156,19 @@ class AlertEngine:
                                                     name=f"alerts:deliver:{name}") for name in self.notifiers}
         self._tasks = [asyncio.create_task(self._supervise("timers", self._timers_step), name="alerts:timers")]
 
-    async def handle(self, anomalies: list[Anomaly]) -> None:
-        """Correlate, store and route; never raises for a failing store (kept, retried)."""
-        extra: list[Anomaly] = []
-        for a in anomalies:
-            try:
-                inc, synthesized = self.correlator.add(a, self.state)
-            except Exception as e:  # a correlator bug costs this anomaly, not the daemon
-                self._error("correlate", e)
-                continue
-            self._dirty[inc.id] = inc
-            extra.extend(synthesized)
-        self._unstored.extend(extra)
-        self._take_closed()
-        for step in (self._persist, self._route):  # independent: a failing incidents write must not hold sends
-            try:
-                await step()
-            except Exception as e:
-                self._error("handle", e)
+    async def handle(self, anomalies: list[Anomaly], incidents: list[Incident] = ()) -> None:
+        """Stored anomalies and the incidents they changed (opened, grown, resolved, merged):
+        keep the open ones, then route. Never raises for a failing store (the next pass
+        retries)."""
+        for inc in incidents:
+            if inc.status == "firing":
+                self.open[inc.id] = inc
+            else:
+                self.open.pop(inc.id, None)
+        try:
+            await self._route()
+        except Exception as e:
+            self._error("handle", e)
 
     async def drain(self, deadline: float) -> None:
         """Final routing, then each receiver's task delivers what is due until nothing is or
@@ -189,12 +179,10 @@ class AlertEngine:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._resolve_quiet()
-        for step in (self._persist, self._route):
-            try:
-                await step()
-            except Exception as e:
-                self._error("drain", e)
+        try:
+            await self._route()
+        except Exception as e:
+            self._error("drain", e)
         if self._delivery:
             for wake in self._wake.values():
                 wake.set()
@@ -216,8 +204,6 @@ class AlertEngine:
             await n.aclose()
         self.outbox.close()
         self.silence_table.close()
-        self.incidents.close()
-        self.store.close()
 
     async def _drain_receiver(self, name: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -231,31 +217,21 @@ class AlertEngine:
 
     # -- checkpoint -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Open incidents and their routing timers: a restart keeps incident ids and does
-        not re-send what was already sent."""
-        return {"correlator": self.correlator, "routes": list(self.routes), "route_state": self._route_state}
+        """Routing timers of the open incidents (the incidents ride in the pipeline's
+        checkpoint): a restart does not re-send what was already sent."""
+        return {"routes": list(self.routes), "route_state": self._route_state}
 
     def restore(self, snap: dict[str, Any]) -> None:
-        old = snap["correlator"]
-        c = self.correlator
-        c.open, c.closed = old.open, old.closed
         if snap.get("routes") == list(self.routes):  # timers belong to routes by position
-            self._route_state = {k: v for k, v in snap["route_state"].items() if k[1] in c.open}
-        log.info("incidents_restored", open=len(c.open), route_timers=len(self._route_state))
+            self._route_state = {k: v for k, v in snap.get("route_state", {}).items() if k[1] in self.open}
+        log.info("route_timers_restored", open=len(self.open), route_timers=len(self._route_state))
 
     def _settle_restart(self) -> None:
-        """At start (in a thread): close what a dead process left firing, and count as sent
-        what the outbox shows was already queued or sent for a restored incident."""
-        keep = set(self.correlator.open) | {i.id for i in self.correlator.closed}
-        dead = self.incidents.abandon_firing(
-            keep, "abandoned at restart: the process holding it stopped without a checkpoint that has it")
-        if dead:
-            self.abandoned += len(dead)
-            log.warning("incidents_abandoned", count=len(dead), sample=dead[:5],
-                        note="firing in the store, not in the checkpoint: closed as abandoned")
+        """At start (in a thread): count as sent what the outbox shows was already queued or
+        sent for a restored incident."""
         now = time.time()
         reconciled = 0
-        for inc in list(self.correlator.open.values()):
+        for inc in list(self.open.values()):
             body = None
             for i, route in enumerate(self.routes):
                 if not matches(route, inc.severity, inc.kinds, inc.symbols):
@@ -306,39 +282,6 @@ class AlertEngine:
             log.error("alerts_task_error", task=task, error=sample, errors_total=self.errors[task],
                       note="counted; the task goes on after a backoff, nothing is dropped")
 
-    # -- incidents in the store --------------------------------------------------------------
-    def _take_closed(self) -> None:
-        for inc in self.correlator.take_closed():
-            self._dirty[inc.id] = inc
-        self._bound_unwritten()
-
-    def _bound_unwritten(self) -> None:
-        while len(self._dirty) > MAX_UNWRITTEN:
-            del self._dirty[next(iter(self._dirty))]
-            self.dropped_unwritten += 1
-        if len(self._unstored) > MAX_UNWRITTEN:
-            self.dropped_unwritten += len(self._unstored) - MAX_UNWRITTEN
-            del self._unstored[:-MAX_UNWRITTEN]
-
-    async def _persist(self) -> None:
-        """Write held synthesized anomalies and incident states; on failure they stay held."""
-        if self._unstored:
-            batch, self._unstored = self._unstored, []
-            try:
-                await asyncio.to_thread(self.store.write_anomalies, batch)
-            except BaseException:
-                self._unstored[:0] = batch
-                self._bound_unwritten()
-                raise
-        if self._dirty:
-            incs = list(self._dirty.values())
-            seen = [(i.version, i.status) for i in incs]
-            rows = IncidentTable.rows(incs)  # built here, on the loop that mutates them
-            await asyncio.to_thread(self.incidents.write_rows, rows)
-            for inc, (version, status) in zip(incs, seen):
-                if self._dirty.get(inc.id) is inc and (inc.version, inc.status) == (version, status):
-                    del self._dirty[inc.id]
-
     # -- routing ----------------------------------------------------------------------------
     async def _route(self, now: float | None = None) -> None:
         async with self._route_lock:  # one pass at a time: two would queue the same update
@@ -351,7 +294,7 @@ class AlertEngine:
         if time.monotonic() - self._silences_read >= POLL_S:
             self.muter.silences = await asyncio.to_thread(self.silence_table.all)
             self._silences_read = time.monotonic()
-        incidents = list(self.correlator.open.values())
+        incidents = list(self.open.values())
         for inc in incidents:
             live.add(inc.id)
             why_quiet = self.muter.reason(inc, incidents, now)
@@ -393,22 +336,19 @@ class AlertEngine:
             self.outbox.enqueue(receiver, incident_id, body)
 
     async def _timers_step(self) -> None:
-        """group_wait and repeat_interval fire without new anomalies; quiet incidents resolve;
-        what a failing store could not take is written again."""
+        """group_wait and repeat_interval fire without new anomalies; the outbox counts that
+        status() reports are refreshed here, off the scrape thread."""
         await asyncio.sleep(0.5)
-        await self._resolve_quiet()
         try:
-            await self._persist()
-        finally:  # routing goes on even when the incidents cannot be written
             await self._route()
+        finally:  # the counts go on even when routing fails
+            self._outbox_counts = await asyncio.to_thread(self._read_outbox_counts)
         if time.monotonic() - self._orphans_checked >= ORPHAN_SWEEP_S:
             await self._sweep_orphans()
             self._orphans_checked = time.monotonic()
 
-    async def _resolve_quiet(self) -> None:
-        if self.event_now is not None and (now := self.event_now()):
-            self.correlator.resolve(now)
-        self._take_closed()
+    def _read_outbox_counts(self) -> tuple[int, float]:
+        return self.outbox.pending(), self.outbox.oldest_pending_age()
 
     async def _sweep_orphans(self) -> None:
         """Rows of receivers that left the config: kept (the receiver may come back), retried
@@ -506,15 +446,8 @@ class AlertEngine:
         return max(0.25, self._rng.uniform(0, min(BACKOFF_CAP_S, 0.5 * 2 ** attempts)))
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "open_incidents": len(self.correlator.open), "sent": self.sent, "failed": self.failed,
-            "expired": self.expired, "errors": dict(self.errors), "last_error": dict(self.last_error),
-            "unwritten": len(self._dirty) + len(self._unstored), "dropped_unwritten": self.dropped_unwritten,
-            "abandoned_at_start": self.abandoned}
-        try:
-            out["pending"] = self.outbox.pending()
-            out["oldest_pending_s"] = self.outbox.oldest_pending_age()
-        except Exception as e:  # a failing store must not break /metrics
-            out["pending"], out["oldest_pending_s"] = 0, 0.0
-            out["store_error"] = mask(f"{type(e).__name__}: {e}", 200)
-        return out
+        """Counters only, no SQLite: safe from the /metrics thread while the store is locked."""
+        pending, oldest = self._outbox_counts
+        return {"open_incidents": len(self.open), "sent": self.sent, "failed": self.failed,
+                "expired": self.expired, "errors": dict(self.errors), "last_error": dict(self.last_error),
+                "pending": pending, "oldest_pending_s": oldest}

@@ -141,16 +141,21 @@ def replay(
                                                    symbols=["*"]))
         pipeline = build_pipeline(cfg)
         store = Store(cfg.store.path)
+        from alerts.incidents import IncidentTable
+
+        incidents = IncidentTable(cfg.store.path)
     kinds: Counter[str] = Counter()
 
-    def store_batch(batch: list) -> None:
+    def store_batch(batch: list) -> None:  # the daemon's order: anomalies, then the incidents they changed
         store.write_anomalies(batch)
+        incidents.upsert(pipeline.take_incidents())
         kinds.update(a.kind for a in batch)
 
     tune_gc()
     t0 = time.perf_counter()
     pipeline.run_frames(read_recording(file), codec, on_batch=store_batch)
     store.close()
+    incidents.close()
     elapsed = time.perf_counter() - t0
     events = sum(pipeline.counts.values())
     summary = {

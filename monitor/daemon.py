@@ -23,9 +23,10 @@ from typing import Protocol
 
 import structlog
 
-from detectors import build_detectors
+from alerts.correlate import Incident
+from alerts.incidents import IncidentTable
 from monitor.codecs import Codec
-from monitor.config import Config, ConfigError, SourceConfig, listen_address
+from monitor.config import Config, SourceConfig, listen_address
 from monitor.events import Anomaly
 from monitor.held import Held
 from monitor.logs import RateLimitedSamples
@@ -34,9 +35,8 @@ from monitor.ops.metrics import LAG_BUCKETS
 from monitor.ops.checkpoint import Checkpointer, load_checkpoint, sink_snapshots, state_dir
 from monitor.ops.jobs import Jobs
 from monitor.ops.notify import SdNotifier
-from monitor.pipeline import Pipeline, tune_gc
+from monitor.pipeline import Pipeline, build_pipeline, tune_gc  # noqa: F401 (build_pipeline: re-exported)
 from monitor.sources import SourceStatus, run_websocket
-from monitor.state import ExposureGraph, MarketState
 from monitor.store import Store
 from monitor.venues import RestSnapshot, Session, make_session
 
@@ -44,11 +44,12 @@ log = structlog.get_logger("perpwatch.daemon")
 
 
 class AnomalySink(Protocol):
-    """Something that takes stored anomalies onward (alerts, the demo's console).
+    """Something that takes stored anomalies onward (alerts, the demo's console), with the
+    incidents they changed (already stored too).
 
     A sink may also have ``async start()``, awaited when the daemon starts running."""
 
-    async def handle(self, anomalies: list[Anomaly]) -> None: ...
+    async def handle(self, anomalies: list[Anomaly], incidents: list[Incident]) -> None: ...
 
     async def drain(self, deadline: float) -> None: ...
 
@@ -57,20 +58,8 @@ def make_codec(src: SourceConfig) -> Codec:
     return make_session(src).codec
 
 
-def build_pipeline(cfg: Config) -> Pipeline:
-    try:
-        detectors = build_detectors(cfg.detectors)
-    except ValueError as e:  # DetectorConfigError carries the dotted key
-        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
-    x = cfg.alerts.exposure
-    graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
-    state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)
-    return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms, max_ahead_ms=cfg.daemon.max_ahead.ms)
-
-
-
-
 SPILL = "spill.jsonl"
+MAX_UNSTORED_INCIDENTS = 20_000  # incident changes held while the store refuses writes
 WRITE_BATCH = 5_000  # anomalies per store transaction
 
 
@@ -94,7 +83,7 @@ class Daemon:
         if cfg.alerts.receivers:
             from alerts.engine import AlertEngine
 
-            engine = AlertEngine(cfg, self.pipeline.state, event_now=lambda: self.pipeline.clock.now)
+            engine = AlertEngine(cfg, open_incidents=list(self._correlator_open()))
             if restored is not None and "AlertEngine" in restored.sinks:
                 engine.restore(restored.sinks["AlertEngine"])
             self.sinks.append(engine)
@@ -108,6 +97,9 @@ class Daemon:
         self.started_wall = time.time()
         self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
         self._pending: list[Anomaly] = []  # raised since the last flush (moved to held there)
+        self.incidents = IncidentTable(self.store.path)
+        self._incidents: dict[str, Incident] = {}  # changed, not yet stored (latest state per id)
+        self.incidents_dropped = 0  # changes dropped at MAX_UNSTORED_INCIDENTS while the store failed
         self.checkpointer = Checkpointer(cfg)
         self.frames_unprocessed = 0  # frames still queued when the stop's budget ran out
         self.held = Held(cfg.store.max_held, state_dir(cfg) / SPILL)
@@ -129,6 +121,10 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         tune_gc()
+        try:
+            await loop.run_in_executor(self._writer, self._abandon_dead_incidents)
+        except Exception as e:  # a failing store: the next start settles it
+            self._task_failed("abandon_incidents", e)
         for sink in self.sinks:
             start = getattr(sink, "start", None)
             if start is not None:
@@ -194,7 +190,7 @@ class Daemon:
             name, frame = self._queue.get_nowait()
             self._handle_safely(name, frame)
         try:
-            self._pending.extend(self.pipeline.flush())
+            self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
         except Exception as e:
             self._task_failed("flush", e)
         store_until = deadline - budget * 0.3
@@ -216,7 +212,16 @@ class Daemon:
                 log.warning("sink_drain_timeout", sink=type(sink).__name__)
             except Exception as e:
                 self._task_failed(f"sink:{type(sink).__name__}", e)
-        close = loop.run_in_executor(self._writer, self.store.close)
+        try:
+            await asyncio.wait_for(self._store_incidents(), max(0.05, deadline - budget * 0.25 - loop.time()))
+        except (TimeoutError, Exception) as e:
+            self._task_failed("final_incidents", e)
+
+        def close_all() -> None:
+            self.incidents.close()
+            self.store.close()
+
+        close = loop.run_in_executor(self._writer, close_all)
         try:
             await asyncio.wait_for(close, max(0.05, deadline - budget * 0.15 - loop.time()))
         except (TimeoutError, Exception) as e:
@@ -247,8 +252,24 @@ class Daemon:
             log.warning("checkpoint_continues", pid=c.pid, note="the writer finishes after the daemon exits")
 
     def add_anomalies(self, anomalies: list[Anomaly]) -> None:
-        """Anomalies raised outside the pipeline (jobs); stored with the next flush."""
-        self._pending.extend(anomalies)
+        """Anomalies raised outside the pipeline (jobs: feed_stale); placed in incidents like
+        the pipeline's own, stored with the next flush."""
+        self._pending.extend(self.pipeline.correlate(anomalies))
+
+    def _correlator_open(self) -> list[Incident]:
+        c = self.pipeline.correlator
+        return list(c.open.values()) if c is not None else []
+
+    def _abandon_dead_incidents(self) -> None:
+        """At start (writer thread): incidents the store has as firing that no checkpoint
+        holds belonged to a process that died; close them as ``abandoned``."""
+        c = self.pipeline.correlator
+        keep = set(c.open) | {i.id for i in c.closed} if c is not None else set()
+        dead = self.incidents.abandon_firing(
+            keep, "abandoned at restart: the process holding it stopped without a checkpoint that has it")
+        if dead:
+            log.warning("incidents_abandoned", count=len(dead), sample=dead[:5],
+                        note="firing in the store, not in the checkpoint: closed as abandoned")
 
     def summary(self) -> str:
         connected = sum(1 for s in self.status.values() if s.connected)
@@ -299,7 +320,7 @@ class Daemon:
                     name, frame = await asyncio.wait_for(queue.get(), self.IDLE_FLUSH_S)
                 except TimeoutError:  # the feed is quiet: emit what detectors hold
                     try:
-                        self._pending.extend(self.pipeline.flush())
+                        self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
                     except Exception as e:
                         self._task_failed("detector_flush", e)
                     continue
@@ -339,7 +360,7 @@ class Daemon:
             return
         target = self._anchor_ts + int((stalled - 1.0) * 1000)
         if target > now_ts:
-            found = p.advance_to(target)
+            found = p.correlate(p.advance_to(target))
             self.stall_ticks += 1
             self._last_event_ts = p.clock.now  # our own move, not the stream's
             if found:
@@ -356,8 +377,7 @@ class Daemon:
             lag = time.time() - events[-1].ts / 1000
             self.lag_sum += lag
             self.lag_buckets[bisect_left(LAG_BUCKETS, lag)] += 1
-            found = self.pipeline.process(events)
-            found += self.pipeline.flush()  # decided on event time already: no need to wait for a tick
+            found = self.pipeline.feed(events)  # process, emit what is decided, correlate
             if found:
                 self._pending.extend(found)
                 self._wake_flusher.set()
@@ -405,12 +425,20 @@ class Daemon:
                       where=where)
 
     async def _flush(self) -> None:
-        """Held anomalies to the store (oldest first, one transaction per batch), then to the
-        sinks. A store that refuses writes keeps them held; see monitor.held."""
+        """Held anomalies to the store (oldest first, one transaction per batch), then the
+        incidents they changed, then both to the sinks: a sink only ever sees what is
+        stored. A store that refuses writes keeps them held; see monitor.held."""
         if self._pending:
             batch, self._pending = self._pending, []
             self.held.add(batch)
+        for inc in self.pipeline.take_incidents():
+            self._incidents.pop(inc.id, None)
+            self._incidents[inc.id] = inc  # re-inserted: the least recently changed first
+        while len(self._incidents) > MAX_UNSTORED_INCIDENTS:
+            del self._incidents[next(iter(self._incidents))]
+            self.incidents_dropped += 1
         loop = asyncio.get_running_loop()
+        stored: list[Anomaly] = []
         while self.held.due(loop.time()):
             batch = self.held.batch(WRITE_BATCH)
             try:
@@ -420,14 +448,17 @@ class Daemon:
                 if self.held.errors == 1 or self._samples.allow("store"):
                     log.error("store_write_failed", error=self.held.last_error, held=len(self.held.queue),
                               spilled=self.held.spilled, lost=self.held.lost, retry_in_s=round(delay, 2))
-                return
+                break
             if self.held.committed(len(batch)):
                 log.warning("store_recovered", held=len(self.held.queue), spilled=self.held.spilled,
                             lost=self.held.lost)
             self._stored(batch)
+            stored.extend(batch)
+        incidents = await self._store_incidents() if not self.held.queue else []
+        if stored or incidents:
             for sink in self.sinks:
                 try:
-                    await sink.handle(batch)
+                    await sink.handle(stored, incidents)
                 except Exception as e:
                     self._task_failed(f"sink:{type(sink).__name__}", e)
         if self.held.healthy and not self.held.queue and self.held.has_spill():
@@ -438,6 +469,24 @@ class Daemon:
                 return
             self.held.unspilled += n
             log.warning("spill_imported", anomalies=n, path=str(self.held.spill_path))
+
+    async def _store_incidents(self) -> list[Incident]:
+        """Write the changed incidents (rows built here, on the loop that mutates them);
+        on failure they stay for the next pass. Returns those written."""
+        if not self._incidents:
+            return []
+        incs = list(self._incidents.values())
+        seen = [(i.version, i.status) for i in incs]
+        rows = IncidentTable.rows(incs)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.incidents.write_rows, rows)
+        except Exception as e:
+            self._task_failed("store_incidents", e)
+            return []
+        for inc, (version, status) in zip(incs, seen):
+            if self._incidents.get(inc.id) is inc and (inc.version, inc.status) == (version, status):
+                del self._incidents[inc.id]
+        return incs
 
     def _stored(self, batch: list[Anomaly]) -> None:
         self.anomalies_total += len(batch)

@@ -56,7 +56,7 @@ class ConsoleSink:
         self.keep = keep
         self.max_accounts = max_accounts
 
-    async def handle(self, anomalies: list[Anomaly]) -> None:
+    async def handle(self, anomalies: list[Anomaly], incidents: list = ()) -> None:
         for a in anomalies:
             self.kinds[a.kind] += 1
             key = (a.kind, a.symbol or "")

@@ -18,10 +18,12 @@ import gc
 from collections import Counter
 from typing import Callable, Iterable
 
+from alerts.correlate import Correlator, Incident
 from detectors.base import Detector
 from monitor.codecs import Codec
+from monitor.config import Config, ConfigError
 from monitor.events import EVENT_TYPES, Anomaly, Event
-from monitor.state import EventClock, MarketState
+from monitor.state import EventClock, ExposureGraph, MarketState
 
 
 def tune_gc() -> None:
@@ -47,9 +49,12 @@ class Pipeline:
     """
 
     def __init__(self, state: MarketState, detectors: list[Detector], tick_ms: int = 250,
-                 max_ahead_ms: int | None = 300_000, resync_after: int = 256) -> None:
+                 max_ahead_ms: int | None = 300_000, resync_after: int = 256,
+                 correlator: Correlator | None = None) -> None:
         self.state = state
         self.detectors = detectors
+        self.correlator = correlator
+        self._changed: dict[str, Incident] = {}  # incidents changed since take_incidents(), latest state
         self.clock = EventClock(tick_ms, max_ahead_ms=max_ahead_ms, resync_after=resync_after)
         self.type_counts: dict[type, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.refused = 0
@@ -103,8 +108,45 @@ class Pipeline:
         """Live only: refuse events beyond ``wall_ms + max_ahead_ms`` (the first ones included)."""
         self.clock.set_wall(wall_ms)
 
+    def feed(self, events: list[Event]) -> list[Anomaly]:
+        """One frame, as the daemon and ``replay`` both take it: process the events, emit what
+        detectors decided on them, and correlate the lot into incidents. Same frames, same
+        anomalies, same incidents, whoever drives it."""
+        found = self.process(events)
+        found += self.flush()
+        return self.correlate(found) if found else found
+
+    def correlate(self, anomalies: list[Anomaly]) -> list[Anomaly]:
+        """Place anomalies in incidents (event time, the state as it is now); returns them
+        with any anomaly the escalation rules synthesized (``cascade_risk``) after its cause."""
+        c = self.correlator
+        if c is None or not anomalies:
+            return anomalies
+        out: list[Anomaly] = []
+        for a in anomalies:
+            out.append(a)
+            inc, synthesized = c.add(a, self.state)
+            self._changed[inc.id] = inc
+            out.extend(synthesized)
+        self._take_closed()
+        return out
+
+    def take_incidents(self) -> list[Incident]:
+        """Incidents opened, changed, resolved or merged since the last call (latest state).
+        Bounded: at most the open incidents plus the correlator's closed queue."""
+        out = list(self._changed.values())
+        self._changed = {}
+        return out
+
+    def _take_closed(self) -> None:
+        for inc in self.correlator.take_closed():
+            self._changed[inc.id] = inc
+
     def tick(self, now: int) -> list[Anomaly]:
         self.state.tick(now)
+        if self.correlator is not None and self.correlator.open:
+            self.correlator.resolve(now)  # quiet incidents close on event time
+            self._take_closed()
         out: list[Anomaly] = []
         for d in self.detectors:
             found = d.on_tick(now, self.state)
@@ -128,13 +170,13 @@ class Pipeline:
         """
         kept: list[Anomaly] = []
         for frame in frames:
-            found = self.process(codec.decode(frame))
+            found = self.feed(codec.decode(frame))
             if found:
                 kept.extend(found)
                 if on_batch is not None and len(kept) >= batch:
                     on_batch(kept)
                     kept = []
-        kept.extend(self.flush())
+        kept.extend(self.correlate(self.flush()))
         if on_batch is not None:
             on_batch(kept)
             return []
@@ -142,10 +184,28 @@ class Pipeline:
 
     def checkpoint(self) -> dict:
         """Everything needed to resume warm (picklable)."""
-        return {"state": self.state, "detectors": self.detectors, "clock": self.clock}
+        return {"state": self.state, "detectors": self.detectors, "clock": self.clock,
+                "correlator": self.correlator}
 
     @classmethod
     def restore(cls, snap: dict) -> Pipeline:
-        p = cls(snap["state"], snap["detectors"], snap["clock"].tick_ms)
+        p = cls(snap["state"], snap["detectors"], snap["clock"].tick_ms, correlator=snap.get("correlator"))
         p.clock = snap["clock"]
         return p
+
+
+def build_pipeline(cfg: Config) -> Pipeline:
+    """The pipeline a config describes: detectors, state bounds, exposure graph, correlator.
+    The daemon, ``replay`` and ``evaluate --config`` all build it here."""
+    from detectors import build_detectors
+
+    try:
+        detectors = build_detectors(cfg.detectors)
+    except ValueError as e:  # DetectorConfigError carries the dotted key
+        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
+    x, a = cfg.alerts.exposure, cfg.alerts
+    graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
+    state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)
+    correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share)
+    return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms, max_ahead_ms=cfg.daemon.max_ahead.ms,
+                    correlator=correlator)

@@ -177,3 +177,20 @@ class Collector:
 
     def payloads(self) -> list[dict]:
         return [json.loads(body) for _, body, _ in self.requests]
+
+
+async def correlate_and_handle(engine, anomalies: list, correlator=None) -> list:
+    """What the daemon does for the alert engine: the pipeline's correlator places each
+    anomaly in an incident (no market state here), the daemon stores both, then hands the
+    engine the anomalies and the incidents they changed. Returns those incidents."""
+    from alerts.correlate import Correlator
+
+    c = correlator if correlator is not None else engine.__dict__.setdefault("_test_correlator", Correlator())
+    changed = {}
+    for a in anomalies:
+        inc, _ = c.add(a, None)
+        changed[inc.id] = inc
+    for inc in c.take_closed():
+        changed[inc.id] = inc
+    await engine.handle(anomalies, list(changed.values()))
+    return list(changed.values())

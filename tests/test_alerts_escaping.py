@@ -25,7 +25,7 @@ from monitor.cli import app
 from monitor.config import parse
 from monitor.events import Anomaly
 from monitor.store import Store
-from tests.support import T0, Collector
+from tests.support import T0, Collector, correlate_and_handle
 
 EVIL = ["<!channel>", "<https://evil.example|click here>", "a & b <@U123> >", "[bold red]x[/]", "\x1b[2J", "&lt;"]
 
@@ -163,7 +163,7 @@ def test_a_failing_slack_receiver_never_shows_its_url(tmp_path, monkeypatch):
             notifier.send = send
             engine.max_attempts = 4
             await engine.start()
-            await engine.handle([Anomaly.make("feed_gap", T0, 1.0, "warning", symbol="BTC-PERP")])
+            await correlate_and_handle(engine, [Anomaly.make("feed_gap", T0, 1.0, "warning", symbol="BTC-PERP")])
             await asyncio.wait_for(_until(lambda: engine.expired == 1), 10)
             status = engine.status()
             await engine.drain(asyncio.get_running_loop().time() + 1)

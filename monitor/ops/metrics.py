@@ -163,6 +163,14 @@ class DaemonCollector:
             age = GaugeMetricFamily("perpwatch_outbox_oldest_pending_seconds", "Age of the oldest undelivered notification.")
             age.add_metric([], s.get("oldest_pending_s", 0.0))
             yield from (sent, failed, open_, pending, age)
+            errors = CounterMetricFamily("perpwatch_alerts_errors", "Failed iterations of alert tasks (counted; the "
+                                         "task goes on).", labels=["task"])
+            for task, n in s.get("errors", {}).items():
+                errors.add_metric([task], n)
+            expired = CounterMetricFamily("perpwatch_notifications_expired",
+                                          "Notifications given up at the attempt/age limit.")
+            expired.add_metric([], s.get("expired", 0))
+            yield from (errors, expired)
 
 
 def serve(daemon, host: str, port: int) -> ThreadingHTTPServer | None:
