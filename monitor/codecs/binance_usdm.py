@@ -50,7 +50,7 @@ from urllib.parse import quote
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
 
 DEPTH_SPEEDS = {"100ms": "@depth@100ms", "250ms": "@depth", "500ms": "@depth@500ms"}
 DEFAULT_BUFFER = 1000
@@ -64,7 +64,7 @@ _PAYLOAD = dict(tag_field="e", gc=False)
 
 
 class DepthUpdate(msgspec.Struct, tag="depthUpdate", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     first_id: int = msgspec.field(name="U")
     final_id: int = msgspec.field(name="u")
@@ -74,7 +74,7 @@ class DepthUpdate(msgspec.Struct, tag="depthUpdate", **_PAYLOAD):
 
 
 class AggTrade(msgspec.Struct, tag="aggTrade", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     price: Price = msgspec.field(name="p")
     size: Size = msgspec.field(name="q")
@@ -82,7 +82,7 @@ class AggTrade(msgspec.Struct, tag="aggTrade", **_PAYLOAD):
 
 
 class _ForcedOrder(msgspec.Struct, gc=False):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     side: Literal["BUY", "SELL"] = msgspec.field(name="S")
     price: Size = msgspec.field(name="p", default=0.0)
     avg_price: Size = msgspec.field(name="ap", default=0.0)
@@ -96,7 +96,7 @@ class ForceOrder(msgspec.Struct, tag="forceOrder", **_PAYLOAD):
 
 
 class MarkPriceUpdate(msgspec.Struct, tag="markPriceUpdate", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     mark: Price = msgspec.field(name="p")
     index: Price = msgspec.field(name="i")
@@ -285,18 +285,22 @@ class BinanceUsdmCodec:
         stats = self.stats
         stats.frames += 1
         try:
-            msg = _envelope.decode(frame).data
-            if msg is None:  # a raw-stream payload, or a control reply (probed below)
-                msg = _payload.decode(frame)
-        except _ERRORS as e:
-            self._classify(frame, e)
+            try:
+                msg = _envelope.decode(frame).data
+                if msg is None:  # a raw-stream payload, or a control reply (probed below)
+                    msg = _payload.decode(frame)
+            except _ERRORS as e:
+                self._classify(frame, e)
+                return []
+            if type(msg) is list:
+                out: list[Event] = []
+                for m in msg:
+                    out.extend(self._handlers[type(m)](m))
+            else:
+                out = self._handlers[type(msg)](msg)
+        except Exception as e:  # never raise on input: RecursionError, UnicodeEncodeError...
+            stats.failed(frame, e)
             return []
-        if type(msg) is list:
-            out: list[Event] = []
-            for m in msg:
-                out.extend(self._handlers[type(m)](m))
-        else:
-            out = self._handlers[type(msg)](msg)
         stats.events += len(out)
         return out
 
@@ -309,16 +313,16 @@ class BinanceUsdmCodec:
         data = p.data[0] if isinstance(p.data, list) and p.data else p.data
         kind = data.e if isinstance(data, _ProbeData) else p.e
         if kind and kind not in _KNOWN_KINDS:
-            self.stats.unknown[kind[:40]] += 1
+            self.stats.count_unknown(kind)
         elif not kind and p.error is not None:
             self.stats.drop("venue_error", frame)
         elif not kind and p.data is None and p.id is not None:
-            self.stats.unknown["control"] += 1
+            self.stats.count_unknown("control")
         else:
             self.stats.drop("invalid_event", frame, str(err))
 
     def _ignored(self, m: _BookTicker | _Kline) -> list[Event]:
-        self.stats.unknown[m.__struct_config__.tag] += 1
+        self.stats.count_unknown(m.__struct_config__.tag)
         return []
 
     def _depth(self, m: DepthUpdate) -> list[Event]:

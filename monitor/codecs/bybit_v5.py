@@ -45,7 +45,7 @@ from typing import Iterable, Literal, Union
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
 
 DEPTHS = (1, 50, 200, 500)
 MAX_ARGS = 10  # topics per subscribe request: Bybit's documented limit for spot, safe everywhere
@@ -61,7 +61,7 @@ class _Envelope(msgspec.Struct, gc=False):
 
 
 class _BookData(msgspec.Struct, gc=False):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     update_id: int = msgspec.field(name="u")
     bids: list[Level] = msgspec.field(name="b", default_factory=list)
     asks: list[Level] = msgspec.field(name="a", default_factory=list)
@@ -69,7 +69,7 @@ class _BookData(msgspec.Struct, gc=False):
 
 class _Trade(msgspec.Struct, gc=False):
     ts: Ts = msgspec.field(name="T")
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     side: Literal["Buy", "Sell"] = msgspec.field(name="S")
     size: Size = msgspec.field(name="v")
     price: Price = msgspec.field(name="p")
@@ -77,7 +77,7 @@ class _Trade(msgspec.Struct, gc=False):
 
 class _Ticker(msgspec.Struct, gc=False):
     # Strings, converted by hand: a delta omits a field, and some contracts send "".
-    symbol: str
+    symbol: Symbol
     mark: Union[str, None] = msgspec.field(name="markPrice", default=None)
     index: Union[str, None] = msgspec.field(name="indexPrice", default=None)
     last: Union[str, None] = msgspec.field(name="lastPrice", default=None)
@@ -131,6 +131,16 @@ class BybitV5Codec:
         stats = self.stats
         stats.frames += 1
         try:
+            out = self._decode(frame)
+        except Exception as e:  # never raise on input: RecursionError, UnicodeEncodeError...
+            stats.failed(frame, e)
+            return []
+        stats.events += len(out)
+        return out
+
+    def _decode(self, frame: bytes | str) -> list[Event]:
+        stats = self.stats
+        try:
             env = _envelope.decode(frame)
         except msgspec.ValidationError as e:  # a subclass of DecodeError: test it first
             stats.drop("invalid_event", frame, str(e))
@@ -145,24 +155,22 @@ class BybitV5Codec:
         kind = topic.partition(".")[0]
         handler = self._handlers.get(kind)
         if handler is None:
-            stats.unknown[kind[:40]] += 1
+            stats.count_unknown(kind)
             return []
         if env.ts is None or not env.data:
             stats.drop("invalid_event", frame, "no ts or no data")
             return []
         try:
-            out = handler(env)
+            return handler(env)
         except _ERRORS as e:
             stats.drop("invalid_event", frame, str(e))
             return []
-        stats.events += len(out)
-        return out
 
     def _control(self, env: _Envelope, frame: bytes | str) -> None:
         if env.success is False:
             self.stats.drop("control_error", frame)
         elif env.op:
-            self.stats.unknown[f"control:{env.op[:32]}"] += 1
+            self.stats.count_unknown(f"control:{env.op[:32]}")
         else:
             self.stats.drop("invalid_event", frame, "neither topic nor op")
 
