@@ -22,6 +22,7 @@ from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.bybit_v5 import BybitV5Codec
 from monitor.codecs.native import NativeCodec
 from monitor.config import SourceConfig
+from monitor.sources import describe
 
 log = structlog.get_logger("perpwatch.venues")
 
@@ -113,7 +114,7 @@ class BinanceSession(Session):
             error = f"HTTP {r.status_code}"
             retry_after = _retry_after(r.headers.get("Retry-After"))
         except httpx.HTTPError as e:
-            error, retry_after = type(e).__name__, None
+            error, retry_after = describe(e), None  # names a TLS certificate failure, not "ConnectError"
         self.failed += 1
         _, last = self._retry_at.get(symbol, (0.0, 0.0))
         delay = retry_after if retry_after is not None else min(30.0, max(1.0, last * 2))
