@@ -252,14 +252,58 @@ async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus
         await sleep(delay)
 
 
-def read_recording(path: str | Path) -> Iterator[bytes]:
-    """Frames from a recording: one frame per line, optionally gzipped (by magic bytes)."""
-    p = Path(path)
-    with p.open("rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    with opener(p, "rb") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                yield line
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a recorded frame longer than this is skipped, not read whole
+_SKIP_CHUNK = 1 << 16
+
+
+class Recording:
+    """Frames from a recording: one frame per line, optionally gzipped (by magic bytes).
+
+    A line longer than ``max_line_bytes`` is never held whole in memory: it is read in
+    64 KiB chunks up to its newline and discarded, counted in ``skipped_lines`` and
+    logged once (with the line number and size), and the lines after it still come
+    through. A gzip of 1 MB expanding to one 1 GiB line costs 64 KiB, not 2 GB.
+    """
+
+    def __init__(self, path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
+        self.lines = 0
+        self.skipped_lines = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        p = self.path
+        with p.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gz else open
+        limit = self.max_line_bytes
+        with opener(p, "rb") as f:
+            readline = f.readline
+            while True:
+                line = readline(limit + 1)
+                if not line:
+                    return
+                self.lines += 1
+                if len(line) > limit and not line.endswith(b"\n"):
+                    self._skip(readline, len(line))
+                    continue
+                line = line.strip()
+                if line:
+                    yield line
+
+    def _skip(self, readline: Callable[[int], bytes], size: int) -> None:
+        while True:
+            chunk = readline(_SKIP_CHUNK)
+            size += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        self.skipped_lines += 1
+        if self.skipped_lines == 1:
+            log.warning("recording_line_too_long", path=str(self.path), line=self.lines, bytes=size,
+                        max_line_bytes=self.max_line_bytes, action="skipped (later ones counted only)")
+
+
+def read_recording(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Recording:
+    """Frames from a recording; see :class:`Recording` (iterate it; ``skipped_lines`` counts
+    the lines over ``max_line_bytes``)."""
+    return Recording(path, max_line_bytes)
