@@ -343,3 +343,30 @@ def test_certificate_failure_of_a_rest_snapshot_is_named_not_connecterror(self_s
             assert line["error"].startswith("TLS certificate verification failed: "), line
 
     run(main())
+
+
+def test_time_blocked_in_a_full_sink_is_not_staleness():
+    """Backpressure (the sink blocked, e.g. a full queue) is ours, not the feed's: the frame
+    queued meanwhile is still read on the same connection."""
+
+    async def handler(ws, n):
+        await ws.send(HEARTBEAT)
+        await ws.send(HEARTBEAT)
+        await ws.wait_closed()
+
+    async def main():
+        async with Feed(handler) as feed:
+            status, seen = SourceStatus("t"), []
+
+            async def sink(f):
+                seen.append((status.connects, status.stale_reconnects))
+                if len(seen) == 1:
+                    await asyncio.sleep(0.5)  # 5x stale_after
+
+            task = asyncio.create_task(run_websocket(source(feed.url, stale_after="100ms"), sink, status,
+                                                     delays=itertools.repeat(0.0)))
+            await until(lambda: len(seen) >= 2 or task.done(), "two frames")
+            await stop(task)
+            assert seen[:2] == [(1, 0), (1, 0)]
+
+    run(main())
