@@ -338,3 +338,31 @@ def test_valid_frames_still_decode():
         for msg in VALID[name]:
             c.decode(json.dumps(msg))
         assert not c.stats.dropped, (name, c.stats.dropped)
+
+
+# -- per-symbol state of the venue codecs is bounded --------------------------------------------
+def test_venue_codecs_bound_their_per_symbol_state():
+    """A feed inventing symbols cannot grow the codecs' book / ticker state past max_symbols."""
+    b = BinanceUsdmCodec(max_symbols=10)
+    for i in range(25):
+        b.decode(json.dumps({"e": "depthUpdate", "E": TS, "s": f"S{i}", "U": 1, "u": 2, "pu": 0}))
+    assert b.on_snapshot("NEW", 5, [], [], TS) == []
+    assert len(b.books) == 10 and b.stats.dropped["too_many_symbols"] == 16
+    y = BybitV5Codec(max_symbols=10)
+    for i in range(25):
+        y.decode(json.dumps({"topic": f"orderbook.50.S{i}", "type": "snapshot", "ts": TS,
+                             "data": {"s": f"S{i}", "u": 1}}))
+        y.decode(json.dumps({"topic": f"tickers.S{i}", "type": "snapshot", "ts": TS,
+                             "data": {"symbol": f"S{i}", "markPrice": "1", "indexPrice": "1"}}))
+    assert len(y.books) == 10 and len(y.tickers) == 10 and y.stats.dropped["too_many_symbols"] == 30
+    # Known symbols keep working.
+    assert y.decode(json.dumps({"topic": "tickers.S0", "ts": TS, "data": {"symbol": "S0", "markPrice": "2"}}))
+
+
+def test_binance_rest_snapshot_body_never_raises():
+    b = BinanceUsdmCodec()
+    for body in ["[" * 100_000, '{"lastUpdateId":1,"bids":' + "[" * 5000 + "]" * 5000 + "}", "", "\ud800",
+                 b"\xff", '{"lastUpdateId":"x"}', "null"]:
+        assert b.on_rest_snapshot("BTCUSDT", body, TS) == []
+    assert b.on_snapshot("BTCUSDT", 1, [[["1"]]], None, TS) == []  # type: ignore[arg-type]
+    assert b.stats.dropped["invalid_snapshot"] == 8

@@ -49,6 +49,7 @@ from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, S
 
 DEPTHS = (1, 50, 200, 500)
 MAX_ARGS = 10  # topics per subscribe request: Bybit's documented limit for spot, safe everywhere
+MAX_SYMBOLS = 10_000  # per-symbol book and ticker state kept; Bybit lists ~500 linear symbols
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -115,8 +116,9 @@ class _TickerState:
 class BybitV5Codec:
     """Decoder for ``format = "bybit-v5"``; see the module docstring for the mapping."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()
+        self.max_symbols = max_symbols  # book / ticker state beyond this is refused (too_many_symbols)
         self.books: dict[str, _BookState] = {}
         self.tickers: dict[str, _TickerState] = {}
         self._needs: set[str] = set()
@@ -179,6 +181,9 @@ class BybitV5Codec:
         sym = d.symbol
         st = self.books.get(sym)
         if st is None:
+            if len(self.books) >= self.max_symbols:
+                self.stats.dropped["too_many_symbols"] += 1
+                return []
             st = self.books[sym] = _BookState()
         if env.type == "snapshot" or d.update_id == 1:
             st.seq += 1
@@ -215,6 +220,9 @@ class BybitV5Codec:
     def _ticker(self, env: _Envelope) -> list[Event]:
         d = _ticker.decode(env.data)
         st = self.tickers.get(d.symbol)
+        if st is None and len(self.tickers) >= self.max_symbols:
+            self.stats.dropped["too_many_symbols"] += 1
+            return []
         if st is None or env.type == "snapshot":
             st = self.tickers[d.symbol] = _TickerState()
         changed = False
