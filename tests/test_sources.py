@@ -370,3 +370,54 @@ def test_time_blocked_in_a_full_sink_is_not_staleness():
             assert seen[:2] == [(1, 0), (1, 0)]
 
     run(main())
+
+
+def test_rest_snapshot_body_is_capped_at_max_frame_bytes():
+    """A REST snapshot larger than max_frame_bytes is refused (and retried later), read no further."""
+    served = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        async def body():
+            for _ in range(1000):  # 64 MB if read whole
+                served.append(1)
+                yield b"x" * 65536
+        return httpx.Response(200, content=body())
+
+    async def main():
+        cfg = SourceConfig(name="b", format="binance-usdm", symbols=["BTCUSDT"], rest_url="http://127.0.0.1:9",
+                           max_frame_bytes=100_000)
+        session = BinanceSession(cfg, BinanceUsdmCodec())
+        puts = []
+
+        async def put(item):
+            puts.append(item)
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            with capture_logs() as logs:
+                await session._fetch(client, "BTCUSDT", put)
+        assert puts == [] and session.failed == 1 and session.fetched == 0
+        assert len(served) <= 3
+        (line,) = [e for e in logs if e["event"] == "snapshot_failed"]
+        assert "max_frame_bytes" in line["error"]
+
+    run(main())
+
+
+def test_rest_snapshot_within_the_cap_is_queued():
+    body = b'{"lastUpdateId":5,"bids":[["1","2"]],"asks":[],"E":1732400000000}'
+
+    async def main():
+        cfg = SourceConfig(name="b", format="binance-usdm", symbols=["BTCUSDT"], rest_url="http://127.0.0.1:9")
+        session = BinanceSession(cfg, BinanceUsdmCodec())
+        puts = []
+
+        async def put(item):
+            puts.append(item)
+
+        transport = httpx.MockTransport(lambda req: httpx.Response(200, content=body))
+        async with httpx.AsyncClient(transport=transport) as client:
+            await session._fetch(client, "BTCUSDT", put)
+        assert [p.body for p in puts] == [body] and session.fetched == 1
+        assert session.apply(puts[0])[0].snapshot
+
+    run(main())
