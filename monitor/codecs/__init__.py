@@ -69,7 +69,11 @@ class DecodeStats:
         (257, 10)
         """
         unknown = self.unknown
-        name = printable(kind[:UNKNOWN_CHARS])
+        name = kind[:UNKNOWN_CHARS]
+        if name in unknown:  # the common case (bookTicker, kline...): one lookup
+            unknown[name] += 1
+            return
+        name = printable(name)
         if name in unknown or len(unknown) < MAX_UNKNOWN:
             unknown[name] += 1
         else:
