@@ -2,7 +2,8 @@
 
 Every codec turns venue bytes into these structs; state, detectors and alerts only ever
 see these. Field constraints do the validation at decode time (finite, sizes >= 0,
-plausible timestamps), so the hot path never re-checks a value.
+plausible timestamps, bounded symbol / id lengths, ``seq`` within int64), so the hot path
+never re-checks a value; an event breaking one is dropped and counted by its codec.
 
 >>> import msgspec
 >>> msgspec.json.decode(b'{"type":"heartbeat","ts":1732400000123}', type=Event)
@@ -24,7 +25,17 @@ Size = Annotated[float, msgspec.Meta(ge=0.0, lt=1e15)]
 Signed = Annotated[float, msgspec.Meta(gt=-1e15, lt=1e15)]
 Leverage = Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)]
 Rate = Annotated[float, msgspec.Meta(gt=-1.0, lt=1.0)]
-Id = Union[str, int]
+# Identifier bounds: a feed inventing megabyte-long names must not grow state (symbols and
+# accounts are dict keys in the state, detectors and payloads) nor flow into notifications.
+# Real venues use symbols of < 30 characters and account / order ids of < 64.
+MAX_SYMBOL_CHARS = 64
+MAX_ID_CHARS = 128  # account and order ids given as strings
+Symbol = Annotated[str, msgspec.Meta(max_length=MAX_SYMBOL_CHARS)]
+# Integer ids must fit in int64 (msgspec decodes any JSON integer into a Python int).
+Id = Union[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)],
+           Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]]
+# A book sequence number: non-negative and within int64, like every venue's.
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Side = Literal["buy", "sell"]
 Level = tuple[Price, Size]
 
@@ -34,9 +45,9 @@ _STRUCT = dict(tag_field="type", gc=False, omit_defaults=True)
 class Book(msgspec.Struct, tag="book", **_STRUCT):
     """L2 book update; ``snapshot`` replaces the book, otherwise sizes are absolute."""
 
-    symbol: str
+    symbol: Symbol
     ts: Ts
-    seq: int
+    seq: Seq
     snapshot: bool = False
     bids: list[Level] = []
     asks: list[Level] = []
@@ -45,7 +56,7 @@ class Book(msgspec.Struct, tag="book", **_STRUCT):
 class Order(msgspec.Struct, tag="order", **_STRUCT):
     """L3 order life cycle; for cancel/fill ``size`` is the size cancelled/filled."""
 
-    symbol: str
+    symbol: Symbol
     ts: Ts
     order_id: Id
     account: Id
@@ -58,7 +69,7 @@ class Order(msgspec.Struct, tag="order", **_STRUCT):
 class Trade(msgspec.Struct, tag="trade", **_STRUCT):
     """A print; ``side`` is the taker side."""
 
-    symbol: str
+    symbol: Symbol
     ts: Ts
     price: Price
     size: Size
@@ -69,7 +80,7 @@ class Trade(msgspec.Struct, tag="trade", **_STRUCT):
 class Mark(msgspec.Struct, tag="mark", **_STRUCT):
     """Mark/index/last price, funding rate per interval and open interest."""
 
-    symbol: str
+    symbol: Symbol
     ts: Ts
     mark: Price
     index: Price
@@ -82,7 +93,7 @@ class Position(msgspec.Struct, tag="position", **_STRUCT):
     """An account's position after a change; ``size`` is signed (long > 0)."""
 
     account: Id
-    symbol: str
+    symbol: Symbol
     ts: Ts
     size: Signed
     entry_price: Size
@@ -103,7 +114,7 @@ class Account(msgspec.Struct, tag="account", **_STRUCT):
 class Liquidation(msgspec.Struct, tag="liquidation", **_STRUCT):
     """A forced reduction executed by the exchange; ``side`` is the forced order's side."""
 
-    symbol: str
+    symbol: Symbol
     ts: Ts
     side: Side
     price: Price

@@ -1,14 +1,26 @@
 """Where frames come from: websocket clients with reconnect, and recorded files.
 
-Exceptions and what they mean, in one place:
+Every way a connection ends is a reconnect after a backoff delay; nothing a peer or the
+network does ends :func:`run_websocket` (only cancelling its task does). Exceptions and
+what they mean, in one place:
 
-    OSError, TimeoutError            network trouble            -> retry with backoff
-    ConnectionClosed (1009)          frame over max_frame_bytes  -> counted, reconnect now
-    ConnectionClosed (other)         peer went away              -> retry with backoff
-    InvalidStatus 5xx / 429          server trouble              -> retry with backoff
+    ConnectionClosed (1000/1001)     the peer closed cleanly     -> reconnect with backoff
+                                     (venue restart, load balancer, connection recycling)
+    ConnectionClosed (1009)          frame over max_frame_bytes  -> counted, reconnect with backoff
+    ConnectionClosed (other)         peer went away              -> reconnect with backoff
+    (no frame for stale_after)       connected but stale         -> aborted by a watchdog, counted,
+                                                                    reconnect with backoff
+    OSError, TimeoutError            network trouble, TLS        -> reconnect with backoff
+    InvalidStatus 5xx / 429          server trouble              -> reconnect with backoff
     InvalidStatus 4xx, InvalidURI    our configuration is wrong  -> logged as an error, retried
                                                                     at the backoff cap (a risk
                                                                     daemon never gives up)
+    anything else                    unexpected                  -> logged as an error with its
+                                                                    traceback, reconnect with backoff
+
+The backoff (full jitter, capped at ``reconnect_max``) starts over only after a connection
+that delivered frames for ``HEALTHY_AFTER_S``: a server that closes, or sends an oversized
+snapshot, on every connect is retried ever more slowly instead of hundreds of times a minute.
 A parse error is never a reason to reconnect: codecs count and drop bad frames.
 """
 
@@ -17,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import random
+import ssl
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, Iterator
@@ -30,6 +43,9 @@ from monitor.config import SourceConfig
 log = structlog.get_logger("perpwatch.sources")
 
 MESSAGE_TOO_BIG = 1009
+CLEAN_CLOSES = (1000, 1001)
+HEALTHY_AFTER_S = 60.0  # a connection up (and delivering) this long resets the backoff
+CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the socket is dropped
 
 
 def backoff_delays(first: float = 1.0, cap: float = 30.0, factor: float = 2.0,
@@ -41,72 +57,182 @@ def backoff_delays(first: float = 1.0, cap: float = 30.0, factor: float = 2.0,
     True
     """
     rng = rng or random.Random()
-    ceiling = first
+    ceiling = min(first, cap)
     while True:
         yield rng.uniform(0, ceiling)
         ceiling = min(cap, ceiling * factor)
 
 
-def classify(exc: BaseException) -> str:
-    """'oversized' | 'retry' | 'fatal' for an exception raised by a connection."""
+def describe(exc: BaseException) -> str:
+    """A log line's reason for a failed connection or request.
+
+    A TLS certificate failure is named as such even when wrapped (httpx's ConnectError,
+    an OSError from the event loop), instead of a bare class name.
+
+    >>> import ssl
+    >>> e = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    >>> e.verify_message = "self-signed certificate"
+    >>> try:
+    ...     raise ConnectionError("ConnectError") from e
+    ... except ConnectionError as wrapped:
+    ...     describe(wrapped)
+    'TLS certificate verification failed: self-signed certificate'
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            why = getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+            return f"TLS certificate verification failed: {why}"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS error: {getattr(e, 'reason', None) or e}"
+        e = e.__cause__ or e.__context__
     if isinstance(exc, ConnectionClosed):
-        sent = exc.sent
-        if sent is not None and sent.code == MESSAGE_TOO_BIG:
-            return "oversized"
-        return "retry"
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        return "retry" if status >= 500 or status == 429 else "fatal"
-    if isinstance(exc, InvalidURI):
-        return "fatal"
-    if isinstance(exc, (OSError, TimeoutError, InvalidHandshake, EOFError)):
-        return "retry"
-    raise exc  # a bug of ours: let it surface, not loop
+        if exc.sent is not None and (exc.rcvd is None or exc.rcvd_then_sent is False):
+            who, close = "we", exc.sent
+        elif exc.rcvd is not None:
+            who, close = "peer", exc.rcvd
+        else:
+            return "connection lost without a close frame"
+        return f"{who} closed the connection: {close.code} {close.reason or ''}".rstrip()
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def classify(exc: BaseException) -> str:
+    """'oversized' | 'closed' | 'retry' | 'fatal' for an exception of a connection.
+
+    Never raises: an exception it does not know is logged as an error and retried (with
+    backoff, like every other path).
+    """
+    try:
+        if isinstance(exc, ConnectionClosed):
+            if exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+                return "oversized"
+            close = exc.rcvd or exc.sent
+            if close is not None and close.code in CLEAN_CLOSES:
+                return "closed"
+            return "retry"
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            return "retry" if status >= 500 or status == 429 else "fatal"
+        if isinstance(exc, InvalidURI):
+            return "fatal"
+        if isinstance(exc, (OSError, TimeoutError, InvalidHandshake, EOFError)):
+            return "retry"
+    except Exception:  # a malformed exception object: still a reason to retry, not to die
+        pass
+    log.error("source_unexpected_error", error=describe(exc), action="reconnecting with backoff",
+              exc_info=exc)
+    return "retry"
 
 
 class SourceStatus:
     """What ``status`` and metrics report about a source."""
 
     __slots__ = ("name", "connected", "connects", "disconnects", "oversized", "frames",
-                 "bytes", "last_frame_wall", "last_error")
+                 "bytes", "last_frame_wall", "last_error", "clean_closes", "stale_reconnects",
+                 "retries", "last_retry_in_s")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.connected = False
         self.connects = 0
         self.disconnects = 0
-        self.oversized = 0
+        self.oversized = 0  # connections closed by us (1009) for a frame over max_frame_bytes
         self.frames = 0
         self.bytes = 0
         self.last_frame_wall = 0.0
         self.last_error = ""
+        self.clean_closes = 0  # connections the peer closed with 1000/1001
+        self.stale_reconnects = 0  # connections dropped by us after stale_after without a frame
+        self.retries = 0  # backoff delays taken (every path counts)
+        self.last_retry_in_s = 0.0
 
 
 FrameSink = Callable[[bytes | str], Awaitable[None]]
 
 
+class _Watch:
+    """Since when the reader has been waiting for a frame (None: handing one to the sink)."""
+
+    __slots__ = ("since", "stale")
+
+    def __init__(self, now: float) -> None:
+        self.since: float | None = now
+        self.stale = False
+
+
+async def _watch_stale(ws, watch: _Watch, stale_s: float) -> None:
+    """Abort the connection once the reader has waited ``stale_s`` for a frame.
+
+    A watchdog rather than a timeout around each ``recv()``: that costs ~10 us per frame
+    (a timer armed and cancelled), this costs two attribute stores per frame and about one
+    wake-up per ``stale_s``. Time spent blocked in the sink (a full queue) does not count.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        since = watch.since
+        if since is None:
+            await asyncio.sleep(stale_s / 4)
+            continue
+        left = since + stale_s - loop.time()
+        if left <= 0:
+            watch.stale = True
+            ws.transport.abort()  # a peer silent this long will not answer a closing handshake
+            return
+        await asyncio.sleep(left)
+
+
+def _consume(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a keepalive that failed with its connection: retrieved, not logged twice
+
+
 async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus, session=None,
-                        delays: Iterator[float] | None = None) -> None:
-    """Read frames from the session's URL forever, reconnecting; cancel the task to stop."""
+                        delays: Iterator[float] | None = None,
+                        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+    """Read frames from the session's URL forever, reconnecting; cancel the task to stop.
+
+    ``delays`` (the backoff iterator) and ``sleep`` are injectable for tests; an injected
+    iterator is never reset.
+    """
     from monitor.venues import Session
 
     session = session or Session(cfg, None)
-    delays = delays or backoff_delays(cap=cfg.reconnect_max.seconds)
+    cap = cfg.reconnect_max.seconds
+
+    def fresh() -> Iterator[float]:
+        return delays if delays is not None else backoff_delays(cap=cap)
+
+    backoff = fresh()
+    stale_s = cfg.stale_after.seconds if cfg.stale_after.seconds > 0 else None
+    clock = asyncio.get_running_loop().time
     while True:
-        keepalive = None
+        keepalive = watchdog = None
+        watch = _Watch(clock())
+        opened: float | None = None
+        frames_before = status.frames
         try:
             async with connect(session.url(), max_size=cfg.max_frame_bytes, open_timeout=10,
                                ping_interval=cfg.ping_interval.seconds,
-                               ping_timeout=cfg.ping_timeout.seconds,
+                               ping_timeout=cfg.ping_timeout.seconds, close_timeout=CLOSE_TIMEOUT_S,
                                compression="deflate", max_queue=64) as ws:
                 status.connected = True
                 status.connects += 1
+                opened = time.monotonic()
                 log.info("source_connected", source=cfg.name, connects=status.connects)
-                delays = backoff_delays(cap=cfg.reconnect_max.seconds)  # reset after a good connection
                 await session.on_connect(ws)
                 keepalive = asyncio.create_task(session.keepalive(ws), name=f"keepalive:{cfg.name}")
-                opened = time.monotonic()
-                async for frame in ws:
+                keepalive.add_done_callback(_consume)
+                if stale_s is not None:
+                    watchdog = asyncio.create_task(_watch_stale(ws, watch, stale_s), name=f"stale:{cfg.name}")
+                    watchdog.add_done_callback(_consume)
+                while True:
+                    watch.since = clock()  # waiting for the peer from now (not while the sink is full)
+                    frame = await ws.recv()
+                    watch.since = None
                     status.frames += 1
                     status.bytes += len(frame)
                     status.last_frame_wall = time.time()
@@ -114,39 +240,100 @@ async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus
                     if session.max_age_s is not None and time.monotonic() - opened > session.max_age_s:
                         log.info("source_recycled", source=cfg.name, reason="max connection age")
                         break
-                if session.max_age_s is not None and time.monotonic() - opened > session.max_age_s:
-                    continue
-                raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
+            kind, error = "recycled", "max connection age"
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # classify() re-raises what is not a connection problem
-            kind = classify(e)
-            if status.connected:
-                status.disconnects += 1
-            status.connected = False
-            status.last_error = f"{type(e).__name__}: {e}"[:300]
-            if kind == "oversized":
-                status.oversized += 1
-                log.warning("frame_oversized", source=cfg.name, max_frame_bytes=cfg.max_frame_bytes,
-                            action="dropped; reconnecting")
-                continue
-            delay = cfg.reconnect_max.seconds if kind == "fatal" else next(delays)
-            log.log(40 if kind == "fatal" else 30, "source_disconnected", source=cfg.name,
-                    error=status.last_error, retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
+        except Exception as e:  # every end of a connection is a reconnect; classify() never raises
+            if watch.stale:  # the watchdog aborted the connection: that is why recv failed
+                kind, error = "stale", f"no frame for {stale_s:g}s (stale_after)"
+            else:
+                kind, error = classify(e), describe(e)
         finally:
-            if keepalive is not None:
-                keepalive.cancel()
+            for task in (keepalive, watchdog):
+                if task is not None:
+                    task.cancel()
+        if status.connected:
+            status.disconnects += 1
+        status.connected = False
+        status.last_error = error
+        healthy = (opened is not None and status.frames > frames_before
+                   and time.monotonic() - opened >= HEALTHY_AFTER_S)
+        if healthy:
+            backoff = fresh()  # a good connection: start the backoff over
+        delay = cap if kind == "fatal" else next(backoff, cap)
+        status.retries += 1
+        status.last_retry_in_s = delay
+        retry_in_s = round(delay, 2)
+        if kind == "oversized":
+            status.oversized += 1
+            log.warning("frame_oversized", source=cfg.name, max_frame_bytes=cfg.max_frame_bytes,
+                        action="dropped; reconnecting", retry_in_s=retry_in_s)
+        elif kind == "stale":
+            status.stale_reconnects += 1
+            log.warning("source_stale", source=cfg.name, error=error, action="reconnecting",
+                        stale_reconnects=status.stale_reconnects, retry_in_s=retry_in_s)
+        elif kind in ("closed", "recycled"):
+            if kind == "closed":
+                status.clean_closes += 1
+            log.info("source_closed", source=cfg.name, reason=error, retry_in_s=retry_in_s)
+        else:
+            log.log(40 if kind == "fatal" else 30, "source_disconnected", source=cfg.name,
+                    error=error, retry_in_s=retry_in_s)
+        await sleep(delay)
 
 
-def read_recording(path: str | Path) -> Iterator[bytes]:
-    """Frames from a recording: one frame per line, optionally gzipped (by magic bytes)."""
-    p = Path(path)
-    with p.open("rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    with opener(p, "rb") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                yield line
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a recorded frame longer than this is skipped, not read whole
+_SKIP_CHUNK = 1 << 16
+
+
+class Recording:
+    """Frames from a recording: one frame per line, optionally gzipped (by magic bytes).
+
+    A line longer than ``max_line_bytes`` is never held whole in memory: it is read in
+    64 KiB chunks up to its newline and discarded, counted in ``skipped_lines`` and
+    logged once (with the line number and size), and the lines after it still come
+    through. A gzip of 1 MB expanding to one 1 GiB line costs 64 KiB, not 2 GB.
+    """
+
+    def __init__(self, path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
+        self.lines = 0
+        self.skipped_lines = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        p = self.path
+        with p.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gz else open
+        limit = self.max_line_bytes
+        with opener(p, "rb") as f:
+            readline = f.readline
+            while True:
+                line = readline(limit + 1)
+                if not line:
+                    return
+                self.lines += 1
+                if len(line) > limit and not line.endswith(b"\n"):
+                    self._skip(readline, len(line))
+                    continue
+                line = line.strip()
+                if line:
+                    yield line
+
+    def _skip(self, readline: Callable[[int], bytes], size: int) -> None:
+        while True:
+            chunk = readline(_SKIP_CHUNK)
+            size += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        self.skipped_lines += 1
+        if self.skipped_lines == 1:
+            log.warning("recording_line_too_long", path=str(self.path), line=self.lines, bytes=size,
+                        max_line_bytes=self.max_line_bytes, action="skipped (later ones counted only)")
+
+
+def read_recording(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Recording:
+    """Frames from a recording; see :class:`Recording` (iterate it; ``skipped_lines`` counts
+    the lines over ``max_line_bytes``)."""
+    return Recording(path, max_line_bytes)

@@ -22,6 +22,7 @@ from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.bybit_v5 import BybitV5Codec
 from monitor.codecs.native import NativeCodec
 from monitor.config import SourceConfig
+from monitor.sources import describe
 
 log = structlog.get_logger("perpwatch.venues")
 
@@ -101,19 +102,21 @@ class BinanceSession(Session):
 
     async def _fetch(self, client: httpx.AsyncClient, symbol: str, put) -> None:
         url = BinanceUsdmCodec.snapshot_url(self.rest, symbol)
+        limit = self.cfg.max_frame_bytes
         try:
-            r = await client.get(url)
-            if r.status_code == 200:
+            async with client.stream("GET", url) as r:
+                body = await _read_capped(r, limit) if r.status_code == 200 else None
+            if body is not None:
                 self.fetched += 1
                 self._retry_at.pop(symbol, None)
-                await put(RestSnapshot(symbol, r.content))
+                await put(RestSnapshot(symbol, body))
                 # the snapshot may be applied after more diffs arrive: wait before asking again
                 self._retry_at[symbol] = (time.monotonic() + 1.0, 0.0)
                 return
-            error = f"HTTP {r.status_code}"
+            error = f"HTTP {r.status_code}" if r.status_code != 200 else f"body over max_frame_bytes ({limit})"
             retry_after = _retry_after(r.headers.get("Retry-After"))
         except httpx.HTTPError as e:
-            error, retry_after = type(e).__name__, None
+            error, retry_after = describe(e), None  # names a TLS certificate failure, not "ConnectError"
         self.failed += 1
         _, last = self._retry_at.get(symbol, (0.0, 0.0))
         delay = retry_after if retry_after is not None else min(30.0, max(1.0, last * 2))
@@ -160,6 +163,16 @@ def make_session(cfg: SourceConfig) -> Session:
     if cfg.format == "bybit-v5":
         return BybitSession(cfg, BybitV5Codec())
     raise ValueError(f"unknown format {cfg.format!r}")
+
+
+async def _read_capped(r: httpx.Response, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit`` bytes (read no further: bounded memory)."""
+    body = bytearray()
+    async for chunk in r.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -50,10 +50,11 @@ from urllib.parse import quote
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
 
 DEPTH_SPEEDS = {"100ms": "@depth@100ms", "250ms": "@depth", "500ms": "@depth@500ms"}
 DEFAULT_BUFFER = 1000
+MAX_SYMBOLS = 10_000  # per-symbol book state kept; the venue lists ~400 USD-M symbols
 
 
 # -- venue payloads ------------------------------------------------------------------
@@ -64,7 +65,7 @@ _PAYLOAD = dict(tag_field="e", gc=False)
 
 
 class DepthUpdate(msgspec.Struct, tag="depthUpdate", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     first_id: int = msgspec.field(name="U")
     final_id: int = msgspec.field(name="u")
@@ -74,7 +75,7 @@ class DepthUpdate(msgspec.Struct, tag="depthUpdate", **_PAYLOAD):
 
 
 class AggTrade(msgspec.Struct, tag="aggTrade", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     price: Price = msgspec.field(name="p")
     size: Size = msgspec.field(name="q")
@@ -82,7 +83,7 @@ class AggTrade(msgspec.Struct, tag="aggTrade", **_PAYLOAD):
 
 
 class _ForcedOrder(msgspec.Struct, gc=False):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     side: Literal["BUY", "SELL"] = msgspec.field(name="S")
     price: Size = msgspec.field(name="p", default=0.0)
     avg_price: Size = msgspec.field(name="ap", default=0.0)
@@ -96,7 +97,7 @@ class ForceOrder(msgspec.Struct, tag="forceOrder", **_PAYLOAD):
 
 
 class MarkPriceUpdate(msgspec.Struct, tag="markPriceUpdate", **_PAYLOAD):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     ts: Ts = msgspec.field(name="E")
     mark: Price = msgspec.field(name="p")
     index: Price = msgspec.field(name="i")
@@ -267,9 +268,10 @@ class BinanceUsdmCodec:
     the returned events like any decoded ones.
     """
 
-    def __init__(self, max_buffer: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, max_buffer: int = DEFAULT_BUFFER, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()
         self.max_buffer = max_buffer
+        self.max_symbols = max_symbols  # books beyond this are refused (too_many_symbols), not grown
         self.books: dict[str, BinanceDepthSync] = {}
         self._handlers = {
             DepthUpdate: self._depth,
@@ -285,18 +287,22 @@ class BinanceUsdmCodec:
         stats = self.stats
         stats.frames += 1
         try:
-            msg = _envelope.decode(frame).data
-            if msg is None:  # a raw-stream payload, or a control reply (probed below)
-                msg = _payload.decode(frame)
-        except _ERRORS as e:
-            self._classify(frame, e)
+            try:
+                msg = _envelope.decode(frame).data
+                if msg is None:  # a raw-stream payload, or a control reply (probed below)
+                    msg = _payload.decode(frame)
+            except _ERRORS as e:
+                self._classify(frame, e)
+                return []
+            if type(msg) is list:
+                out: list[Event] = []
+                for m in msg:
+                    out.extend(self._handlers[type(m)](m))
+            else:
+                out = self._handlers[type(msg)](msg)
+        except Exception as e:  # never raise on input: RecursionError, UnicodeEncodeError...
+            stats.failed(frame, e)
             return []
-        if type(msg) is list:
-            out: list[Event] = []
-            for m in msg:
-                out.extend(self._handlers[type(m)](m))
-        else:
-            out = self._handlers[type(msg)](msg)
         stats.events += len(out)
         return out
 
@@ -309,23 +315,30 @@ class BinanceUsdmCodec:
         data = p.data[0] if isinstance(p.data, list) and p.data else p.data
         kind = data.e if isinstance(data, _ProbeData) else p.e
         if kind and kind not in _KNOWN_KINDS:
-            self.stats.unknown[kind[:40]] += 1
+            self.stats.count_unknown(kind)
         elif not kind and p.error is not None:
             self.stats.drop("venue_error", frame)
         elif not kind and p.data is None and p.id is not None:
-            self.stats.unknown["control"] += 1
+            self.stats.count_unknown("control")
         else:
             self.stats.drop("invalid_event", frame, str(err))
 
     def _ignored(self, m: _BookTicker | _Kline) -> list[Event]:
-        self.stats.unknown[m.__struct_config__.tag] += 1
+        self.stats.count_unknown(m.__struct_config__.tag)
         return []
 
     def _depth(self, m: DepthUpdate) -> list[Event]:
-        sync = self.books.get(m.symbol)
-        if sync is None:
-            sync = self.books[m.symbol] = BinanceDepthSync(m.symbol, self.max_buffer, self.stats)
-        return sync.on_depth(m)  # type: ignore[return-value]
+        sync = self.books.get(m.symbol) or self._new_book(m.symbol)
+        return [] if sync is None else sync.on_depth(m)  # type: ignore[return-value]
+
+    def _new_book(self, symbol: str) -> BinanceDepthSync | None:
+        """A book for a symbol first seen; None (counted) past ``max_symbols``: each one
+        buffers up to ``max_buffer`` diffs, so a feed inventing symbols must not grow them."""
+        if len(self.books) >= self.max_symbols:
+            self.stats.dropped["too_many_symbols"] += 1
+            return None
+        sync = self.books[symbol] = BinanceDepthSync(symbol, self.max_buffer, self.stats)
+        return sync
 
     def _agg_trade(self, m: AggTrade) -> list[Event]:
         return [Trade(m.symbol, m.ts, m.price, m.size, "sell" if m.buyer_is_maker else "buy")]
@@ -366,8 +379,8 @@ class BinanceUsdmCodec:
             a = msgspec.convert(asks, list[Level], strict=False)
             t = msgspec.convert(ts, Ts)
             lid = msgspec.convert(last_update_id, int)
-        except msgspec.ValidationError as e:
-            self.stats.drop("invalid_snapshot", f"{symbol} {last_update_id}", str(e))
+        except Exception as e:  # ValidationError, RecursionError...: never raise on input
+            self.stats.drop("invalid_snapshot", f"{symbol[:64]} {last_update_id}"[:200], f"{type(e).__name__}: {e}")
             return []
         return self._apply_snapshot(symbol, lid, b, a, t)
 
@@ -375,8 +388,8 @@ class BinanceUsdmCodec:
         """Feed the raw body of ``GET /fapi/v1/depth``; ``ts`` defaults to its ``E``."""
         try:
             snap = _rest_depth.decode(body)
-        except _ERRORS as e:
-            self.stats.drop("invalid_snapshot", body, str(e))
+        except Exception as e:  # msgspec errors, RecursionError...: never raise on input
+            self.stats.drop("invalid_snapshot", body, f"{type(e).__name__}: {e}")
             return []
         t = ts if ts is not None else snap.ts
         if t is None:
@@ -385,9 +398,9 @@ class BinanceUsdmCodec:
         return self.on_snapshot(symbol, snap.last_update_id, snap.bids, snap.asks, t)
 
     def _apply_snapshot(self, symbol: str, lid: int, bids: list[Level], asks: list[Level], ts: int) -> list[Event]:
-        sync = self.books.get(symbol)
+        sync = self.books.get(symbol) or self._new_book(symbol)
         if sync is None:
-            sync = self.books[symbol] = BinanceDepthSync(symbol, self.max_buffer, self.stats)
+            return []
         before = sync.stale_snapshots
         out: list[Event] = sync.on_snapshot(lid, bids, asks, ts)  # type: ignore[assignment]
         if sync.stale_snapshots != before:

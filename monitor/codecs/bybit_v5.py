@@ -45,10 +45,11 @@ from typing import Iterable, Literal, Union
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
 
 DEPTHS = (1, 50, 200, 500)
 MAX_ARGS = 10  # topics per subscribe request: Bybit's documented limit for spot, safe everywhere
+MAX_SYMBOLS = 10_000  # per-symbol book and ticker state kept; Bybit lists ~500 linear symbols
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -61,7 +62,7 @@ class _Envelope(msgspec.Struct, gc=False):
 
 
 class _BookData(msgspec.Struct, gc=False):
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     update_id: int = msgspec.field(name="u")
     bids: list[Level] = msgspec.field(name="b", default_factory=list)
     asks: list[Level] = msgspec.field(name="a", default_factory=list)
@@ -69,7 +70,7 @@ class _BookData(msgspec.Struct, gc=False):
 
 class _Trade(msgspec.Struct, gc=False):
     ts: Ts = msgspec.field(name="T")
-    symbol: str = msgspec.field(name="s")
+    symbol: Symbol = msgspec.field(name="s")
     side: Literal["Buy", "Sell"] = msgspec.field(name="S")
     size: Size = msgspec.field(name="v")
     price: Price = msgspec.field(name="p")
@@ -77,7 +78,7 @@ class _Trade(msgspec.Struct, gc=False):
 
 class _Ticker(msgspec.Struct, gc=False):
     # Strings, converted by hand: a delta omits a field, and some contracts send "".
-    symbol: str
+    symbol: Symbol
     mark: Union[str, None] = msgspec.field(name="markPrice", default=None)
     index: Union[str, None] = msgspec.field(name="indexPrice", default=None)
     last: Union[str, None] = msgspec.field(name="lastPrice", default=None)
@@ -115,8 +116,9 @@ class _TickerState:
 class BybitV5Codec:
     """Decoder for ``format = "bybit-v5"``; see the module docstring for the mapping."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()
+        self.max_symbols = max_symbols  # book / ticker state beyond this is refused (too_many_symbols)
         self.books: dict[str, _BookState] = {}
         self.tickers: dict[str, _TickerState] = {}
         self._needs: set[str] = set()
@@ -130,6 +132,16 @@ class BybitV5Codec:
     def decode(self, frame: bytes | str) -> list[Event]:
         stats = self.stats
         stats.frames += 1
+        try:
+            out = self._decode(frame)
+        except Exception as e:  # never raise on input: RecursionError, UnicodeEncodeError...
+            stats.failed(frame, e)
+            return []
+        stats.events += len(out)
+        return out
+
+    def _decode(self, frame: bytes | str) -> list[Event]:
+        stats = self.stats
         try:
             env = _envelope.decode(frame)
         except msgspec.ValidationError as e:  # a subclass of DecodeError: test it first
@@ -145,24 +157,22 @@ class BybitV5Codec:
         kind = topic.partition(".")[0]
         handler = self._handlers.get(kind)
         if handler is None:
-            stats.unknown[kind[:40]] += 1
+            stats.count_unknown(kind)
             return []
         if env.ts is None or not env.data:
             stats.drop("invalid_event", frame, "no ts or no data")
             return []
         try:
-            out = handler(env)
+            return handler(env)
         except _ERRORS as e:
             stats.drop("invalid_event", frame, str(e))
             return []
-        stats.events += len(out)
-        return out
 
     def _control(self, env: _Envelope, frame: bytes | str) -> None:
         if env.success is False:
             self.stats.drop("control_error", frame)
         elif env.op:
-            self.stats.unknown[f"control:{env.op[:32]}"] += 1
+            self.stats.count_unknown(f"control:{env.op[:32]}")
         else:
             self.stats.drop("invalid_event", frame, "neither topic nor op")
 
@@ -171,6 +181,9 @@ class BybitV5Codec:
         sym = d.symbol
         st = self.books.get(sym)
         if st is None:
+            if len(self.books) >= self.max_symbols:
+                self.stats.dropped["too_many_symbols"] += 1
+                return []
             st = self.books[sym] = _BookState()
         if env.type == "snapshot" or d.update_id == 1:
             st.seq += 1
@@ -207,6 +220,9 @@ class BybitV5Codec:
     def _ticker(self, env: _Envelope) -> list[Event]:
         d = _ticker.decode(env.data)
         st = self.tickers.get(d.symbol)
+        if st is None and len(self.tickers) >= self.max_symbols:
+            self.stats.dropped["too_many_symbols"] += 1
+            return []
         if st is None or env.type == "snapshot":
             st = self.tickers[d.symbol] = _TickerState()
         changed = False

@@ -38,12 +38,16 @@ class NativeCodec:
     def decode(self, frame: bytes | str) -> list[Event]:
         stats = self.stats
         stats.frames += 1
-        head = frame.lstrip()[:1]
-        is_list = head in (b"[", "[")
         try:
-            events = _frame.decode(frame) if is_list else [_single.decode(frame)]
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            events = self._slow(frame, is_list)
+            head = frame.lstrip()[:1]
+            is_list = head in (b"[", "[")
+            try:
+                events = _frame.decode(frame) if is_list else [_single.decode(frame)]
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                events = self._slow(frame, is_list)
+        except Exception as e:  # never raise on input: RecursionError, UnicodeEncodeError...
+            stats.failed(frame, e)
+            return []
         stats.events += len(events)
         return events
 
@@ -72,6 +76,6 @@ class NativeCodec:
                             bytes(part) if isinstance(part, msgspec.Raw) else part, str(err))
             return
         if kind and kind not in EVENT_TAGS:
-            self.stats.unknown[kind[:40]] += 1
+            self.stats.count_unknown(kind)
         else:
             self.stats.drop("invalid_event", bytes(part) if isinstance(part, msgspec.Raw) else part, str(err))
