@@ -192,32 +192,35 @@ def test_a_restart_keeps_open_incidents_and_does_not_resend(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_replay_gives_the_incidents_and_cascade_risk_the_live_daemon_stored(tmp_path):
-    """Correlation is a pipeline stage on event time: the simulator's cascade served live to
-    the daemon and the same recording replayed give the same anomalies (cascade_risk
-    included) and the same incidents."""
+    """Correlation is a pipeline stage on event time: the simulator's cascade through the
+    live daemon's own path (frames handled as they arrive, flushed to the store by its
+    flusher, wall-time guard on) and the same recording through `perpwatch replay` store
+    the same anomalies (cascade_risk included) and the same incidents."""
+    import asyncio
     import sqlite3
 
+    from monitor.config import load
+    from monitor.daemon import Daemon
     from monitor.store import Store
 
     rec = tmp_path / "cascade.jsonl"
     r = perpwatch("simulate", "--scenario", "cascade", "--speed", "0", "--seconds", "300", "--symbols", "4",
                   "--accounts", "1500", "--record", str(rec), timeout=TIMEOUT * 6)
     assert r.returncode == 0, r.stderr
-    frames = rec.read_text().splitlines()
-    n_events = sum(len(json.loads(f)) if f.startswith("[") else 1 for f in frames)
     live, replayed = tmp_path / "live.db", tmp_path / "replay.db"
-    port = _free_port()
-    with ThreadedFeed(frames) as feed:
-        cfg = write_config(tmp_path / "live.toml", feed.url, live)
-        cfg.write_text(cfg.read_text().replace(  # no wall-driven ticks: the stream alone decides
-            "[metrics]\nenabled = false", f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-            '[daemon]\nstall_after = "1h"'))
-        proc = start_daemon(cfg)
-        try:
-            wait_for(lambda: _events(port) >= n_events, "every event processed", timeout=TIMEOUT * 6)
-        finally:
-            code, _, err = stop_daemon(proc)
-    assert code == 0, err
+    d = Daemon(load(write_config(tmp_path / "live.toml", "ws://127.0.0.1:9/", live)), sinks=[])
+
+    async def serve_live() -> None:
+        for i, line in enumerate(rec.read_bytes().splitlines()):
+            d._handle_safely("exchange", line)
+            if i % 50 == 0:
+                await d._flush()
+        d.add_anomalies(d.pipeline.flush())
+        await d._flush()
+
+    asyncio.run(serve_live())
+    d.store.close()
+    d.incidents.close()
     rcfg = write_config(tmp_path / "replay.toml", "ws://127.0.0.1:9/", replayed)
     r = perpwatch("replay", str(rec), "--config", str(rcfg), "--json", timeout=TIMEOUT * 6)
     assert r.returncode == 0, r.stderr
@@ -226,30 +229,8 @@ def test_replay_gives_the_incidents_and_cascade_risk_the_live_daemon_stored(tmp_
         return sorted((a["id"], a["kind"]) for a in Store.reader(db).anomalies(limit=None))
 
     def incidents(db):
-        return sorted(sqlite3.connect(db).execute("SELECT id, status, symbols, severity FROM incidents").fetchall())
+        return sorted(sqlite3.connect(db).execute("SELECT id, status, symbols, severity, timeline FROM incidents"))
 
     assert any(k == "cascade_risk" for _, k in anomalies(replayed)), "the scenario should escalate"
     assert anomalies(live) == anomalies(replayed)
     assert incidents(live) == incidents(replayed)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _events(port: int) -> float:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return 0
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == "perpwatch_events_total")
