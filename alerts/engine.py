@@ -160,13 +160,14 @@ class AlertEngine:
         """Stored anomalies and the incidents they changed (opened, grown, resolved, merged):
         keep the open ones, then route. Never raises for a failing store (the next pass
         retries)."""
+        unseen_closed = []
         for inc in incidents:
             if inc.status == "firing":
                 self.open[inc.id] = inc
-            else:
-                self.open.pop(inc.id, None)
+            elif self.open.pop(inc.id, None) is None and inc.status == "resolved":
+                unseen_closed.append(inc)  # opened and resolved between two flushes (a fast replay of a gap)
         try:
-            await self._route()
+            await self._route(closed=unseen_closed)
         except Exception as e:
             self._error("handle", e)
 
@@ -283,11 +284,14 @@ class AlertEngine:
                       note="counted; the task goes on after a backoff, nothing is dropped")
 
     # -- routing ----------------------------------------------------------------------------
-    async def _route(self, now: float | None = None) -> None:
+    async def _route(self, now: float | None = None, closed: list[Incident] = ()) -> None:
+        """One routing pass over the open incidents. ``closed``: incidents this engine never
+        saw open (they opened and resolved between two flushes): each matching route gets
+        them once, now, whatever its timers say, so no incident goes unsaid."""
         async with self._route_lock:  # one pass at a time: two would queue the same update
-            await self._route_locked(time.time() if now is None else now)
+            await self._route_locked(time.time() if now is None else now, closed)
 
-    async def _route_locked(self, now: float) -> None:
+    async def _route_locked(self, now: float, closed: list[Incident] = ()) -> None:
         batch: list[tuple[str, str, bytes]] = []
         advance: list[tuple[RouteState, int]] = []
         live = set()
@@ -323,6 +327,16 @@ class AlertEngine:
             del self._route_state[key]
         for key in [k for k in self._quiet if k not in live]:
             del self._quiet[key]
+        for inc in closed:
+            if self.muter.reason(inc, incidents, now) is not None:
+                continue
+            body = None
+            for route in self.routes:
+                if matches(route, inc.severity, inc.kinds, inc.symbols):
+                    body = body or payload(inc)
+                    batch.append((route.receiver, inc.id, body))
+                    if not route.continue_:
+                        break
         if batch:
             await asyncio.to_thread(self._enqueue, batch)  # raises: timers stay, the next pass retries
             for st, version in advance:

@@ -21,10 +21,13 @@ True
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Iterable
 
+import msgspec
+
 from alerts.correlate import Incident
-from alerts.silence import Silence, muted
+from monitor.events import Anomaly
 
 
 def inhibitor(inc: Incident, open_incidents: Iterable[Incident]) -> Incident | None:
@@ -38,6 +41,34 @@ def inhibitor(inc: Incident, open_incidents: Iterable[Incident]) -> Incident | N
         if said <= {(a.kind, a.symbol) for a in other.anomalies}:
             return other
     return None
+
+
+class Silence(msgspec.Struct, frozen=True):
+    id: str
+    symbol: str | None
+    kind: str | None
+    account: str | None
+    starts_at: float
+    ends_at: float
+    comment: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def matches(self, a: Anomaly) -> bool:
+        if self.kind is not None and a.kind != self.kind:
+            return False
+        if self.symbol is not None and not fnmatchcase(a.symbol or "", self.symbol):
+            return False
+        if self.account is not None and not fnmatchcase(a.account or "", self.account):
+            return False
+        return True
+
+
+def muted(anomalies: list[Anomaly], silences: list[Silence], now: float) -> bool:
+    """True when every anomaly is matched by an active silence (and there is one)."""
+    live = [s for s in silences if s.active(now)]
+    return bool(live) and bool(anomalies) and all(any(s.matches(a) for s in live) for a in anomalies)
 
 
 class Muter:

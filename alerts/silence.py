@@ -12,13 +12,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-import msgspec
 
-from monitor.events import Anomaly
+from alerts.mute import Silence, muted  # noqa: F401 (the pure parts live with the muter)
 
 POLL_S = 2.0
 DDL = """
@@ -33,34 +31,6 @@ CREATE TABLE IF NOT EXISTS silences (
     created_at REAL NOT NULL
 );
 """
-
-
-class Silence(msgspec.Struct, frozen=True):
-    id: str
-    symbol: str | None
-    kind: str | None
-    account: str | None
-    starts_at: float
-    ends_at: float
-    comment: str = ""
-
-    def active(self, now: float) -> bool:
-        return self.starts_at <= now < self.ends_at
-
-    def matches(self, a: Anomaly) -> bool:
-        if self.kind is not None and a.kind != self.kind:
-            return False
-        if self.symbol is not None and not fnmatchcase(a.symbol or "", self.symbol):
-            return False
-        if self.account is not None and not fnmatchcase(a.account or "", self.account):
-            return False
-        return True
-
-
-def muted(anomalies: list[Anomaly], silences: list[Silence], now: float) -> bool:
-    """True when every anomaly is matched by an active silence (and there is one)."""
-    live = [s for s in silences if s.active(now)]
-    return bool(live) and bool(anomalies) and all(any(s.matches(a) for s in live) for a in anomalies)
 
 
 class SilenceTable:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -25,6 +23,7 @@ from rich.table import Table
 
 from monitor import config as config_mod
 from monitor.config import Config, ConfigError, Duration
+from monitor.render import SEVERITY_STYLE, fmt_ts, safe, sev_cell, summarize_detail  # noqa: F401
 from monitor.store import Store, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,24 +31,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True, soft_wrap=True)
 
 FORMATS = ("perpwatch", "binance-usdm", "bybit-v5")
-SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
-# C0 (incl. ESC, CR, LF, TAB), DEL, C1 (incl. CSI) and the bidi overrides: nothing from the
-# data may move the cursor, clear the screen or reorder what the table shows
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def safe(value: object) -> str:
-    """A table cell or line built from data: control characters shown as ``\\xNN`` and rich
-    markup escaped, so a symbol named ``[bold red]x[/]`` or ``\\x1b[2J`` prints as itself."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", str(value))
-    return escape(text)
-
-
-def sev_cell(sev: object) -> str:
-    return f"[{SEVERITY_STYLE.get(sev, '')}]{safe(sev)}[/]" if sev in SEVERITY_STYLE else safe(sev)
-
-
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]perpwatch:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
@@ -67,8 +48,10 @@ def user_errors() -> Iterator[None]:
 
 
 def load_config(path: Path) -> Config:
+    from monitor.pipeline import load_config as load_checked
+
     with user_errors():
-        return config_mod.load(path)
+        return load_checked(path)
 
 
 def parse_duration(flag: str, text: str | None) -> float | None:
@@ -153,7 +136,8 @@ def replay(
 
     tune_gc()
     t0 = time.perf_counter()
-    pipeline.run_frames(read_recording(file), codec, on_batch=store_batch)
+    recording = read_recording(file)
+    pipeline.run_frames(recording, codec, on_batch=store_batch)
     store.close()
     incidents.close()
     elapsed = time.perf_counter() - t0
@@ -163,6 +147,7 @@ def replay(
         "events_per_s": round(events / elapsed) if elapsed > 0 else None,
         "elapsed_s": round(elapsed, 3), "anomalies": dict(kinds),
         "dropped": dict(codec.stats.dropped), "unknown": dict(codec.stats.unknown),
+        "skipped_lines": recording.skipped_lines,
     }
     if as_json:
         print(msgspec.json.encode(summary).decode())
@@ -545,22 +530,6 @@ def make_table(title: str, columns: tuple[str, ...]) -> Table:
     for col in columns:
         t.add_column(col, overflow="fold")
     return t
-
-
-def fmt_ts(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def summarize_detail(detail: dict, width: int = 90) -> str:
-    parts = []
-    for k, v in detail.items():
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        elif isinstance(v, (list, dict)):
-            continue
-        parts.append(f"{k}={v}")
-    text = " ".join(parts)
-    return safe(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def print_anomaly_table(rows: list[dict], console: Console | None = None) -> None:

@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Callable, Iterable
 
 from alerts.correlate import Correlator, Incident
+from detectors import build_detectors
 from detectors.base import Detector
 from monitor.codecs import Codec
 from monitor.config import Config, ConfigError
@@ -194,15 +195,28 @@ class Pipeline:
         return p
 
 
+def validated_detectors(cfg: Config) -> list[Detector]:
+    """The ``[detectors.*]`` sections built, or a ConfigError naming the key (detectors sit
+    above the config in the layering, so the config module does not check them itself)."""
+    try:
+        return build_detectors(cfg.detectors)
+    except ValueError as e:  # DetectorConfigError carries the dotted key
+        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
+
+
+def load_config(path) -> Config:
+    """A config file parsed, validated and its detector sections checked."""
+    from monitor.config import load
+
+    cfg = load(path)
+    validated_detectors(cfg)
+    return cfg
+
+
 def build_pipeline(cfg: Config) -> Pipeline:
     """The pipeline a config describes: detectors, state bounds, exposure graph, correlator.
     The daemon, ``replay`` and ``evaluate --config`` all build it here."""
-    from detectors import build_detectors
-
-    try:
-        detectors = build_detectors(cfg.detectors)
-    except ValueError as e:  # DetectorConfigError carries the dotted key
-        raise ConfigError(getattr(e, "key", "detectors"), getattr(e, "message", str(e))) from None
+    detectors = validated_detectors(cfg)
     x, a = cfg.alerts.exposure, cfg.alerts
     graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
     state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)

@@ -32,7 +32,7 @@ import random
 import ssl
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import structlog
 from websockets.asyncio.client import connect
@@ -128,6 +128,32 @@ def classify(exc: BaseException) -> str:
     return "retry"
 
 
+class Session:
+    """The native protocol: connect and listen; the server pushes snapshots itself."""
+
+    max_age_s: float | None = None  # reconnect on purpose after this long
+
+    def __init__(self, cfg: SourceConfig, codec: Any) -> None:
+        self.cfg = cfg
+        self.codec = codec
+
+    def url(self) -> str:
+        return self.cfg.url
+
+    async def on_connect(self, ws: Any) -> None:
+        return None
+
+    async def keepalive(self, ws: Any) -> None:
+        return None
+
+    async def resync(self, put) -> None:
+        """Run alongside the connection; ``put(item)`` queues a RestSnapshot."""
+        return None
+
+    def apply(self, item: Any) -> list:
+        return []
+
+
 class SourceStatus:
     """What ``status`` and metrics report about a source."""
 
@@ -198,8 +224,6 @@ async def run_websocket(cfg: SourceConfig, sink: FrameSink, status: SourceStatus
     ``delays`` (the backoff iterator) and ``sleep`` are injectable for tests; an injected
     iterator is never reset.
     """
-    from monitor.venues import Session
-
     session = session or Session(cfg, None)
     cap = cfg.reconnect_max.seconds
 

@@ -22,7 +22,7 @@ from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.bybit_v5 import BybitV5Codec
 from monitor.codecs.native import NativeCodec
 from monitor.config import SourceConfig
-from monitor.sources import describe
+from monitor.sources import Session, describe  # Session: the native protocol's, the base of the venues'
 
 log = structlog.get_logger("perpwatch.venues")
 
@@ -38,32 +38,6 @@ class RestSnapshot(msgspec.Struct, frozen=True):
 
     symbol: str
     body: bytes
-
-
-class Session:
-    """The native protocol: connect and listen; the server pushes snapshots itself."""
-
-    max_age_s: float | None = None  # reconnect on purpose after this long
-
-    def __init__(self, cfg: SourceConfig, codec: Codec) -> None:
-        self.cfg = cfg
-        self.codec = codec
-
-    def url(self) -> str:
-        return self.cfg.url
-
-    async def on_connect(self, ws: Any) -> None:
-        return None
-
-    async def keepalive(self, ws: Any) -> None:
-        return None
-
-    async def resync(self, put) -> None:
-        """Run alongside the connection; ``put(item)`` queues a RestSnapshot."""
-        return None
-
-    def apply(self, item: RestSnapshot) -> list:
-        return []
 
 
 class BinanceSession(Session):

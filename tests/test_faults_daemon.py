@@ -50,7 +50,7 @@ class Recorder:
     def __init__(self) -> None:
         self.got: list[Anomaly] = []
 
-    async def handle(self, batch):
+    async def handle(self, batch, incidents=()):
         self.got.extend(batch)
 
     async def drain(self, deadline):

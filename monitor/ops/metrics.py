@@ -58,7 +58,13 @@ class DaemonCollector:
             for reason, n in stats.dropped.items():
                 drops.add_metric([name, reason], n)
             unknown.add_metric([name], sum(stats.unknown.values()))
-        yield from (frames, drops, unknown, connected, last)
+        reconnects = CounterMetricFamily("perpwatch_source_reconnects", "Connections ended and retried, by source "
+                                         "and why.", labels=["source", "reason"])
+        for name, st in d.status.items():
+            for reason, n in (("clean_close", st.clean_closes), ("stale", st.stale_reconnects),
+                              ("oversized_frame", st.oversized), ("backoff", st.retries)):
+                reconnects.add_metric([name, reason], n)
+        yield from (frames, drops, unknown, connected, last, reconnects)
         gaps = CounterMetricFamily("perpwatch_book_gaps", "Book sequence gaps, by symbol.", labels=["symbol"])
         for sym, book in d.pipeline.state.books.items():
             if book.gaps:
