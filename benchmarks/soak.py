@@ -13,45 +13,29 @@ half of the run (flat means bounded state) and the worst loop lag. Run by hand.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import Collector, ThreadedFeed  # noqa: E402 (loopback feed and receiver)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def receiver() -> ThreadingHTTPServer:
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -85,30 +69,16 @@ def main() -> None:
                     "--seconds", str(a.seconds), "--accounts", str(a.accounts), "--record", str(rec)],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     frames = rec.read_bytes().splitlines()
+    events_sent = sum(len(msgspec.json.decode(f)) if f.startswith(b"[") else 1 for f in frames)
     print(f"recorded {len(frames):,} frames ({a.seconds:g} s of event time) in {time.time() - t:.0f} s")
-    hook = receiver()
-    metrics_port, feed_port = free_port(), free_port()
-    done = threading.Event()
-
-    async def handler(ws):
-        for f in frames:
-            await ws.send(f)
-        done.set()
-        await ws.wait_closed()
-
-    async def feed_main(stop: asyncio.Future):
-        async with serve(handler, "127.0.0.1", feed_port, max_size=None):
-            await stop
-
-    loop = asyncio.new_event_loop()
-    stop = loop.create_future()
-    threading.Thread(target=lambda: loop.run_until_complete(feed_main(stop)), daemon=True).start()
+    hook, feed = Collector().__enter__(), ThreadedFeed(frames).__enter__()
+    metrics_port = free_port()
     cfg = tmp / "pw.toml"
     cfg.write_text(f"""
 [[sources]]
 name = "sim"
-url = "ws://127.0.0.1:{feed_port}/"
-stale_after = "1h"
+url = "{feed.url}"
+stale_after = "1h"    # the feed idles after its last frame
 
 [store]
 path = "{tmp / 'pw.db'}"
@@ -118,7 +88,7 @@ listen = "127.0.0.1:{metrics_port}"
 
 [[alerts.receivers]]
 name = "hook"
-url = "http://127.0.0.1:{hook.server_address[1]}/"
+url = "{hook.url}"
 
 [[alerts.routes]]
 receiver = "hook"
@@ -140,14 +110,13 @@ receiver = "hook"
                   f"loop lag {m.get('perpwatch_loop_lag_seconds', 0) * 1000:7.1f} ms  "
                   f"held {m.get('perpwatch_store_held_anomalies', 0):.0f}  "
                   f"task errors {m.get('perpwatch_task_errors_total', 0):.0f}", flush=True)
-            if done.is_set() and len(samples) >= 2 and samples[-1][2].get("perpwatch_events_total") == \
-                    samples[-2][2].get("perpwatch_events_total"):
+            if len(samples) >= 2 and samples[-1][2].get("perpwatch_events_total", 0) >= events_sent:
                 break
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
-        loop.call_soon_threadsafe(stop.set_result, None)
-        hook.shutdown()
+        feed.__exit__()
+        hook.__exit__()
     half = samples[len(samples) // 2:]
     growth = half[-1][1] - half[0][1] if len(half) >= 2 else 0.0
     worst = max(s[2].get("perpwatch_loop_lag_seconds", 0) for s in samples) if samples else 0.0

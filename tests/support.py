@@ -135,17 +135,24 @@ class Collector:
     """An HTTP receiver on 127.0.0.1 recording every POST; ``script`` gives the status per
     request (e.g. [503, 503] then 200s) and optional headers (Retry-After)."""
 
-    def __init__(self, script: list[int | tuple[int, dict]] | None = None) -> None:
+    def __init__(self, script: list[int | tuple[int, dict]] | None = None, gate: threading.Event | None = None) -> None:
+        """``gate``: when given, every POST is recorded in ``bodies`` on arrival and answered
+        only once the gate is set (a POST held in flight)."""
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests: list[tuple[dict, bytes, float]] = []
+        self.bodies: list[bytes] = []  # every POST's body, on arrival
         self.answers: list[int] = []
         self.script = list(script or [])
+        self.gate = gate
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                collector.bodies.append(body)
+                if collector.gate is not None:
+                    collector.gate.wait(TIMEOUT)
                 step = collector.script.pop(0) if collector.script else 200
                 status, headers = step if isinstance(step, tuple) else (step, {})
                 collector.answers.append(status)
@@ -168,6 +175,8 @@ class Collector:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.gate is not None:
+            self.gate.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -269,50 +269,12 @@ def test_mark_sent_keeps_a_state_that_replaced_the_row_in_flight(tmp_path):
     assert ob.mark_sent(row[0], now=6.0, payload=b"v2") is True and ob.pending() == 0
 
 
-class GatedReceiver:
-    """An HTTP receiver on 127.0.0.1 that records each POST, then answers 200 only once
-    ``gate`` is set."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.gate = threading.Event()
-        self.bodies: list[bytes] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                receiver.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                receiver.gate.wait(WAIT_S)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> GatedReceiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-
-
 def test_drain_lets_a_post_in_flight_finish_instead_of_sending_it_again(tmp_path):
     """SIGTERM while a POST is in flight: the drain waits for its answer (within the deadline)
     and records it, rather than cancelling it and sending the same body a second time."""
-    with GatedReceiver() as hook:
+    import threading
+
+    with Collector(gate=threading.Event()) as hook:
         async def main():
             engine = AlertEngine(config(tmp_path, [("hook", hook.url, "5s")]))
             await engine.start()
