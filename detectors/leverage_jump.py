@@ -153,7 +153,12 @@ class LeverageJump(Detector):
     # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         acct = str(ev.account)
-        i = self.accounts.touch(acct)
+        rows = self.accounts
+        i = rows.get(acct)
+        if i is None:  # a new row keys by the book's string for the id, shared rather than copied
+            i = rows.touch(state.accounts.name(acct) or acct)
+        else:
+            rows.lru.move_to_end(i)
         full = len(self._pending) >= self.max_pending
         if type(ev) is Account:
             if ev.maintenance_margin is not None:
