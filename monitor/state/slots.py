@@ -10,6 +10,10 @@ the slot: a slot freed by ``pop_oldest`` or ``remove`` is handed out again by ``
 
 Every operation is O(1). Iteration is least to most recently used, like an ``OrderedDict``.
 
+The slot numbers the index holds are one shared ``int`` object per number (``_INTS``, grown
+as slots are): a slot past 256 is a 28-byte object, and the book's and each detector's LRU
+would otherwise each hold their own for every account.
+
 >>> lru = SlotLRU()
 >>> a, b, c = lru.add("a"), lru.add("b"), lru.add("c")
 >>> lru.move_to_end(a); list(lru), lru.pop_oldest(), list(lru)
@@ -22,6 +26,14 @@ from __future__ import annotations
 
 from array import array
 from typing import Hashable, Iterator
+
+_INTS: list[int] = list(range(1024))  # slot number -> its one int object, shared by every SlotLRU
+
+
+def _slot(i: int) -> int:
+    if i >= len(_INTS):
+        _INTS.extend(range(len(_INTS), i + (i >> 3) + 1024))
+    return _INTS[i]
 
 
 class SlotLRU:
@@ -80,7 +92,7 @@ class SlotLRU:
             i = self.free.pop()
             self.keys[i] = key
         else:
-            i = len(self.keys)
+            i = _slot(len(self.keys))
             self.keys.append(key)
             prv.append(0)
             nxt.append(0)
@@ -130,6 +142,7 @@ class SlotLRU:
         self.index = {}
         prv, nxt, last = self.prv, self.nxt, 0
         for key, i in zip(keys, order):
+            i = _slot(i)
             self.keys[i] = key
             self.index[key] = i
             nxt[last] = i
@@ -137,4 +150,4 @@ class SlotLRU:
             last = i
         nxt[last] = 0
         prv[0] = last
-        self.free = list(free)
+        self.free = [_slot(i) for i in free]
