@@ -183,8 +183,7 @@ class LeverageJump(Detector):
         # a fresh row (new or evicted account) starts from the state's positions once
         cols = self.accounts.cols
         if cols[N][i] == 0 and cols[TOTAL][i] == 0.0:
-            st = state.accounts.get(acct)
-            total = sum(p.notional() for p in st.positions.values()) if st is not None else 0.0
+            total = state.accounts.total_notional(acct)
         else:
             total = cols[TOTAL][i] + abs(ev.size) * ev.entry_price - (prev.notional() if prev else 0.0)
             if total < NOTIONAL_EPS:

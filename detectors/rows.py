@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from array import array
 
-from monitor.state.slots import SlotLRU
+from monitor.state.slots import SlotLRU, grow, grow_by
 
 
 class AccountRows:
@@ -64,9 +64,10 @@ class AccountRows:
             for col in self.cols:
                 col[i] = 0.0
         i = lru.add(account)
-        if i == len(self.cols[0]):
+        if i >= len(self.cols[0]):  # columns grow by blocks
+            n = grow_by(i)
             for col in self.cols:
-                col.append(0.0)
+                grow(col, n, 0.0)
         return i
 
     def evict(self, account: str) -> None:
@@ -100,4 +101,4 @@ class AccountRows:
             i = self.lru.add(account)
             for col, o in zip(self.cols, old):
                 col.append(o[j])
-            assert i == len(self.cols[0]) - 1
+            assert i == len(self.cols[0]) - 1  # a fresh LRU hands out 1, 2, 3, ...

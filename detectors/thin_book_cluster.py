@@ -74,7 +74,7 @@ from monitor.state import MarketState
 from monitor.state.liquidation import (
     DEFAULT_TIERS, Tiers, divergence_bps, liquidation_price, maintenance_margin, parse_tiers,
 )
-from monitor.state.slots import SlotLRU
+from monitor.state.slots import SlotLRU, grow, grow_by
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
 MAX_DIRTY = 200_000  # accounts waiting for a tick's recompute; past it the oldest is recomputed at once
@@ -255,18 +255,17 @@ class ThinBookCluster(Detector):
             self._lru.remove(acct)
             self._clear(i)
             self._remove(acct, old)
-        st = state.accounts.get(acct)
-        if st is None:
+        held = state.accounts.lookup(acct)
+        if held is None:
             return
-        positions = st.positions
+        acct, equity, positions = held  # the book's own string for the id, shared rather than copied
         if not positions:
             return
-        acct = st.name or acct  # the book's own string for the id, shared rather than copied
         for symbol in positions:
             if symbol not in self._syms:
                 self._syms[symbol] = _Sym(self.config)
         contrib = []
-        for symbol, liq, notional, _venue in self.liquidations(acct, state, count=True):
+        for symbol, liq, notional, _venue in self._liquidations(equity, positions, state, True):
             s = self._syms[symbol]
             sid = self._sym_ids.get(symbol)
             if sid is None:
@@ -290,11 +289,12 @@ class ThinBookCluster(Detector):
         if contrib:
             lru = self._lru
             i = lru.add(acct)
-            if i == len(self._c1):
-                self._c1.append(-1)
-                self._n1.append(0.0)
-                self._c2.append(-1)
-                self._n2.append(0.0)
+            if i >= len(self._c1):  # columns grow by blocks
+                n = grow_by(i)
+                grow(self._c1, n, -1)
+                grow(self._n1, n, 0.0)
+                grow(self._c2, n, -1)
+                grow(self._n2, n, 0.0)
             if len(contrib) > 2:
                 self._cx[i] = tuple(contrib)
             else:
@@ -403,18 +403,20 @@ class ThinBookCluster(Detector):
 
     def liquidations(self, acct: str, state: MarketState, count: bool = False):
         """(symbol, our liquidation price, signed notional at it, venue liq_price) per position."""
-        st = state.accounts.get(acct)
-        if st is None:
+        held = state.accounts.lookup(acct)
+        if held is None:
             return []
+        return self._liquidations(held[1], held[2], state, count)
+
+    def _liquidations(self, equity: float | None, positions, state: MarketState, count: bool):
         cfg = self.config
         marks, tiers_of, default = state.marks, self._tiers.get, self._default_tiers
         rows = []
-        for symbol, p in st.positions.items():
+        for symbol, p in positions.items():
             m = marks.get(symbol)
             px = m.mark if m is not None and m.mark is not None else state.price(symbol)
             if px is not None and p.size:
                 rows.append((symbol, p, px, tiers_of(symbol, default), m))
-        equity = st.equity
         cross_mm = 0.0
         mms: dict[str, float] = {}
         if equity is not None and len(rows) > 1:  # other positions' maintenance: only with several

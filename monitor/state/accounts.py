@@ -36,7 +36,7 @@ from array import array
 from collections.abc import Mapping
 from typing import Callable, Iterator
 
-from monitor.state.slots import SlotLRU
+from monitor.state.slots import SlotLRU, grow, grow_by
 
 NAN = float("nan")
 
@@ -156,12 +156,12 @@ class _Accounts(Mapping):
 
 
 # columns of the account table and of the position pool, as pickled
-_ACCOUNT_COLS = ("equity", "margin", "ts", "head", "npos")
+_ACCOUNT_COLS = ("equity", "margin", "ts", "head")
 _POS_COLS = ("p_sym", "p_size", "p_entry", "p_lev", "p_liq", "p_ts", "p_iso", "p_next")
 
 
 class AccountBook:
-    __slots__ = ("_lru", "max_accounts", "evicted", "on_evict", *_ACCOUNT_COLS, *_POS_COLS, "p_free",
+    __slots__ = ("_lru", "max_accounts", "evicted", "on_evict", *_ACCOUNT_COLS, *_POS_COLS, "p_free", "p_top",
                  "sym_ids", "sym_names")
 
     def __init__(self, max_accounts: int = 2_000_000,
@@ -177,7 +177,6 @@ class AccountBook:
         self.margin = array("d", [NAN])  # maintenance margin; NaN: unknown
         self.ts = array("q", [0])
         self.head = array("i", [-1])  # first position in the pool, -1: none
-        self.npos = array("i", [0])
         # the position pool: entries chained per account through p_next (-1 ends a chain)
         self.p_sym = array("i")  # symbol id (sym_names), -1: free entry
         self.p_size = array("d")
@@ -188,6 +187,7 @@ class AccountBook:
         self.p_iso = bytearray()
         self.p_next = array("i")
         self.p_free: list[int] = []
+        self.p_top = 0  # pool entries ever used
         self.sym_ids: dict[str, int] = {}
         self.sym_names: list[str] = []
 
@@ -202,12 +202,12 @@ class AccountBook:
             self._clear(i)
             self.evicted += 1
         i = lru.add(account)
-        if i == len(self.equity):
-            self.equity.append(NAN)
-            self.margin.append(NAN)
-            self.ts.append(0)
-            self.head.append(-1)
-            self.npos.append(0)
+        if i >= len(self.equity):  # columns grow by blocks: no appends per account
+            n = grow_by(i)
+            grow(self.equity, n, NAN)
+            grow(self.margin, n, NAN)
+            grow(self.ts, n, 0)
+            grow(self.head, n, -1)
         return i
 
     def _clear(self, i: int) -> None:
@@ -220,7 +220,15 @@ class AccountBook:
         self.margin[i] = NAN
         self.ts[i] = 0
         self.head[i] = -1
-        self.npos[i] = 0
+
+    def _grow_pool(self, n: int) -> None:
+        grow(self.p_sym, n, -1)
+        grow(self.p_next, n, -1)
+        for col in (self.p_size, self.p_entry, self.p_lev):
+            grow(col, n, 0.0)
+        grow(self.p_liq, n, NAN)
+        grow(self.p_ts, n, 0)
+        grow(self.p_iso, n, 0)
 
     def _sym(self, symbol: str) -> int:
         sid = self.sym_ids[symbol] = len(self.sym_names)
@@ -270,7 +278,6 @@ class AccountBook:
                     p_next[before] = p_next[j]
                 p_sym[j] = -1
                 self.p_free.append(j)
-                self.npos[i] -= 1
                 self.ts[i] = ts
                 return AccountState(self, i), prev
         else:
@@ -280,23 +287,17 @@ class AccountBook:
                 return AccountState(self, i), None
             if self.p_free:
                 j = self.p_free.pop()
-                p_sym[j] = sid
             else:
-                j = len(p_sym)
-                p_sym.append(sid)
-                p_next.append(-1)
-                self.p_size.append(0.0)
-                self.p_entry.append(0.0)
-                self.p_lev.append(0.0)
-                self.p_liq.append(NAN)
-                self.p_ts.append(0)
-                self.p_iso.append(0)
+                j = self.p_top
+                self.p_top = j + 1
+                if j >= len(p_sym):
+                    self._grow_pool(grow_by(j))
+            p_sym[j] = sid
             p_next[j] = -1
             if before < 0:
                 self.head[i] = j
             else:
                 p_next[before] = j
-            self.npos[i] += 1
         self.p_size[j] = size
         self.p_entry[j] = entry
         self.p_lev[j] = leverage
@@ -325,6 +326,27 @@ class AccountBook:
         i = self._lru.index.get(account)
         return AccountState(self, i) if i is not None else None
 
+    def lookup(self, account: str) -> tuple[str, float | None, dict[str, Pos]] | None:
+        """(the book's string for the id, equity, positions) in one look-up, or None."""
+        i = self._lru.index.get(account)
+        if i is None:
+            return None
+        v = self.equity[i]
+        return self._lru.keys[i], None if v != v else v, self._positions(i)
+
+    def total_notional(self, account: str) -> float:
+        """Sum of |size| x entry over the account's positions, in opening order (0 if not held):
+        ``sum(p.notional() for p in positions.values())`` without making the positions."""
+        i = self._lru.index.get(account)
+        if i is None:
+            return 0.0
+        chain, j, p_next = [], self.head[i], self.p_next
+        while j >= 0:
+            chain.append(j)
+            j = p_next[j]
+        p_size, p_entry = self.p_size, self.p_entry
+        return sum(abs(p_size[j]) * p_entry[j] for j in chain)
+
     def name(self, account: str) -> str | None:
         """The book's own string for an account id (None if not held): key per-account maps
         by it rather than by each event's copy."""
@@ -342,7 +364,7 @@ class AccountBook:
     # -- checkpoints -----------------------------------------------------------------------
     def __getstate__(self):
         return {"version": 2, "max_accounts": self.max_accounts, "evicted": self.evicted,
-                "on_evict": self.on_evict, "lru": self._lru, "p_free": self.p_free,
+                "on_evict": self.on_evict, "lru": self._lru, "p_free": self.p_free, "p_top": self.p_top,
                 "sym_names": self.sym_names,
                 **{k: getattr(self, k) for k in _ACCOUNT_COLS + _POS_COLS}}
 
@@ -352,6 +374,7 @@ class AccountBook:
             return
         self.max_accounts, self.evicted, self.on_evict = state["max_accounts"], state["evicted"], state["on_evict"]
         self._lru, self.p_free, self.sym_names = state["lru"], state["p_free"], state["sym_names"]
+        self.p_top = state["p_top"]
         self.sym_ids = {s: k for k, s in enumerate(self.sym_names)}
         for k in _ACCOUNT_COLS + _POS_COLS:
             setattr(self, k, state[k])

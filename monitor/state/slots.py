@@ -5,8 +5,9 @@ fast-node pointer). Here the recency list lives in two ``array('i')`` columns (`
 ``nxt``: 8 bytes a slot) threaded through slot 0 as the sentinel (``nxt[0]`` is the least
 recently used slot, ``prv[0]`` the most recently used), behind one plain ``dict`` from key to
 slot (~50 bytes an entry). Owners keep their per-key data in parallel columns indexed by
-the slot: a slot freed by ``pop_oldest`` or ``remove`` is handed out again by ``add``, and
-``add`` returns ``len(keys) - 1`` for a slot that is new (the owner appends to its columns).
+the slot: a slot freed by ``pop_oldest`` or ``remove`` is handed out again by ``add``; a
+new slot is the next unused number (``top``), and the owner grows its columns when it
+reaches their length (``grow``: by blocks, not an append per account on the hot path).
 
 Every operation is O(1). Iteration is least to most recently used, like an ``OrderedDict``.
 
@@ -30,6 +31,19 @@ from typing import Hashable, Iterator
 _INTS: list[int] = list(range(1024))  # slot number -> its one int object, shared by every SlotLRU
 
 
+def grow_by(n: int) -> int:
+    """How many slots to add to columns of length ``n`` (~1/8 more, at least 64)."""
+    return max(64, n >> 3)
+
+
+def grow(col, n: int, fill) -> None:
+    """Extend a column (``array`` or ``bytearray``) by ``n`` copies of ``fill``."""
+    if type(col) is bytearray:
+        col.extend(bytes([fill]) * n)
+    else:
+        col.extend(array(col.typecode, [fill]) * n)
+
+
 def _slot(i: int) -> int:
     if i >= len(_INTS):
         _INTS.extend(range(len(_INTS), i + (i >> 3) + 1024))
@@ -37,14 +51,15 @@ def _slot(i: int) -> int:
 
 
 class SlotLRU:
-    __slots__ = ("index", "keys", "prv", "nxt", "free")
+    __slots__ = ("index", "keys", "prv", "nxt", "free", "top")
 
     def __init__(self) -> None:
         self.index: dict[Hashable, int] = {}
-        self.keys: list = [None]  # slot -> key (None: free, and slot 0, the sentinel)
+        self.keys: list = [None]  # slot -> key (None: free or not yet used, and slot 0, the sentinel)
         self.prv = array("i", [0])
         self.nxt = array("i", [0])
         self.free: list[int] = []
+        self.top = 1  # slots ever handed out, the sentinel included
 
     def __len__(self) -> int:
         return len(self.index)
@@ -86,16 +101,20 @@ class SlotLRU:
         prv[0] = i
 
     def add(self, key: Hashable) -> int:
-        """A slot for a key not held, most recently used. A new slot is ``len(keys) - 1``."""
-        prv, nxt = self.prv, self.nxt
+        """A slot for a key not held, most recently used (a freed one, else ``top``)."""
         if self.free:
             i = self.free.pop()
-            self.keys[i] = key
         else:
-            i = _slot(len(self.keys))
-            self.keys.append(key)
-            prv.append(0)
-            nxt.append(0)
+            i = self.top
+            i = _INTS[i] if i < len(_INTS) else _slot(i)
+            self.top = i + 1
+            if i >= len(self.keys):
+                n = grow_by(i)
+                self.keys.extend([None] * n)
+                grow(self.prv, n, 0)
+                grow(self.nxt, n, 0)
+        self.keys[i] = key
+        prv, nxt = self.prv, self.nxt
         last = prv[0]
         nxt[last] = i
         prv[i] = last
@@ -132,10 +151,11 @@ class SlotLRU:
     def __getstate__(self):
         # keys least to most recently used with their slots: no dict, no links on disk
         order = list(self.slots())
-        return (len(self.keys), [self.keys[i] for i in order], array("i", order), array("i", self.free))
+        return (self.top, [self.keys[i] for i in order], array("i", order), array("i", self.free))
 
     def __setstate__(self, s) -> None:
         n, keys, order, free = s
+        self.top = n
         self.keys = [None] * n
         self.prv = array("i", bytes(4 * n))
         self.nxt = array("i", bytes(4 * n))
