@@ -117,9 +117,10 @@ def test_a_checkpoint_from_before_the_column_store_is_migrated():
     import copyreg  # noqa: F401  (the old format is the default reduce of a __slots__ class)
     from monitor.state.accounts import AccountState
 
-    rec = AccountState.__new__(AccountState)
-    rec.__setstate__((5e4, 10.0, {"ETH-PERP": Pos(-2.0, 3000.0, 5.0, False, None, 3),
-                                  "BTC-PERP": Pos(1.0, 100.0, 2.0, True, 95.5, 4)}, 4, "b"))
+    rec = AccountState.__new__(AccountState)  # what unpickling an old AccountState does
+    old_pos = Pos.__new__(Pos)
+    old_pos.__setstate__((1.0, 100.0, 2.0, True, 95.5, 4))
+    rec.__setstate__((5e4, 10.0, {"ETH-PERP": Pos(-2.0, 3000.0, 5.0, False, None, 3), "BTC-PERP": old_pos}, 4, "b"))
     old = AccountBook.__new__(AccountBook)
     old.__setstate__((None, {"accounts": OrderedDict(b=rec), "max_accounts": 3, "evicted": 2, "on_evict": None}))
     st_ = old.get("b")

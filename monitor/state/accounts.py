@@ -34,101 +34,119 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Callable, Iterator
 
 from monitor.state.slots import SlotLRU, grow, grow_by
 
 NAN = float("nan")
+_tuple_new = tuple.__new__
 
 
-class Pos:
-    """One position; ``size`` signed (long > 0). A snapshot: the book does not hold these."""
+class Pos(tuple):
+    """One position; ``size`` signed (long > 0). A snapshot (an immutable tuple: cheap to make
+    on read; the book does not hold these)."""
+
+    __slots__ = ()
+
+    def __new__(cls, size: float = None, entry: float = None, leverage: float = None,  # type: ignore[assignment]
+                isolated: bool = None, liq_price: float | None = None, ts: int = None):  # type: ignore[assignment]
+        if size is None:  # a Pos pickled before it was a tuple: NEWOBJ with no arguments, then BUILD
+            return _LegacyPos()
+        return _tuple_new(cls, (size, entry, leverage, isolated, liq_price, ts))
+
+    size = property(itemgetter(0))
+    entry = property(itemgetter(1))
+    leverage = property(itemgetter(2))
+    isolated = property(itemgetter(3))
+    liq_price = property(itemgetter(4))
+    ts = property(itemgetter(5))
+
+    def __getnewargs__(self):
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return "Pos(%r, %r, %r, %r, %r, %r)" % tuple(self)
+
+    def notional(self, price: float | None = None) -> float:
+        return abs(self[0]) * (price if price is not None else self[1])
+
+
+class _LegacyPos:
+    """A Pos as checkpoints before the column store pickled it (read once, by the migration)."""
 
     __slots__ = ("size", "entry", "leverage", "isolated", "liq_price", "ts")
 
-    def __init__(self, size: float, entry: float, leverage: float, isolated: bool,
-                 liq_price: float | None, ts: int) -> None:
-        self.size = size
-        self.entry = entry
-        self.leverage = leverage
-        self.isolated = isolated
-        self.liq_price = liq_price
-        self.ts = ts
-
-    def __getstate__(self):
-        return (self.size, self.entry, self.leverage, self.isolated, self.liq_price, self.ts)
-
     def __setstate__(self, s):
         self.size, self.entry, self.leverage, self.isolated, self.liq_price, self.ts = s
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Pos and self.__getstate__() == other.__getstate__()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return "Pos(%r, %r, %r, %r, %r, %r)" % self.__getstate__()
 
     def notional(self, price: float | None = None) -> float:
         return abs(self.size) * (price if price is not None else self.entry)
 
 
-class AccountState:
-    """An account's cross collateral and positions by symbol: a view of its slot in the book.
+class AccountState(tuple):
+    """An account's cross collateral and positions by symbol: a view of its slot in the book,
+    (book, slot). Live: read it before the next update of the book, do not keep it.
 
     ``name`` is the account id as the book keys it: holders of per-account maps key by
-    this one string object rather than each event's copy of the id. A view unpickled
-    from a checkpoint written before the column store is a detached record (what
-    ``AccountBook.__setstate__`` migrates)."""
+    this one string object rather than each event's copy of the id."""
 
-    __slots__ = ("_b", "_i")
+    __slots__ = ()
 
-    def __init__(self, book: AccountBook, i: int) -> None:
-        self._b = book
-        self._i = i
+    def __new__(cls, book: AccountBook = None, i: int = 0):  # type: ignore[assignment]
+        if book is None:  # an AccountState pickled before the column store
+            return _LegacyAccount()
+        return _tuple_new(cls, (book, i))
 
     @property
     def name(self) -> str:
-        b = self._b
-        return b._lru.keys[self._i] if b is not None else self._i[4]
+        return self[0]._lru.keys[self[1]]
 
     @property
     def equity(self) -> float | None:
-        b = self._b
-        if b is None:
-            return self._i[0]
-        v = b.equity[self._i]
+        v = self[0].equity[self[1]]
         return None if v != v else v
 
     @property
     def maintenance_margin(self) -> float | None:
-        b = self._b
-        if b is None:
-            return self._i[1]
-        v = b.margin[self._i]
+        v = self[0].margin[self[1]]
         return None if v != v else v
 
     @property
     def ts(self) -> int:
-        b = self._b
-        return b.ts[self._i] if b is not None else self._i[3]
+        return self[0].ts[self[1]]
 
     @property
     def positions(self) -> dict[str, Pos]:
         """The account's positions by symbol, in opening order (a fresh dict of snapshots)."""
-        b = self._b
-        return b._positions(self._i) if b is not None else self._i[2]
+        return self[0]._positions(self[1])
 
     def cross_symbols(self) -> list[str]:
         return [s for s, p in self.positions.items() if not p.isolated]
 
-    def __getstate__(self):
-        return (self.equity, self.maintenance_margin, self.positions, self.ts, self.name)
+    def __reduce__(self):  # a view pickles as what it shows
+        return (_legacy_account, ((self.equity, self.maintenance_margin, self.positions, self.ts, self.name),))
+
+
+class _LegacyAccount:
+    """An AccountState as checkpoints before the column store pickled it: a detached record
+    (what ``AccountBook.__setstate__`` migrates)."""
+
+    __slots__ = ("equity", "maintenance_margin", "positions", "ts", "name")
 
     def __setstate__(self, s):
         if len(s) == 4:  # a checkpoint from before ``name``
             s = (*s, "")
-        self._b, self._i = None, tuple(s)
+        self.equity, self.maintenance_margin, self.positions, self.ts, self.name = s
+
+    def cross_symbols(self) -> list[str]:
+        return [s for s, p in self.positions.items() if not p.isolated]
+
+
+def _legacy_account(s) -> _LegacyAccount:
+    a = _LegacyAccount()
+    a.__setstate__(s)
+    return a
 
 
 class _Accounts(Mapping):
@@ -197,7 +215,7 @@ class AccountBook:
         if len(lru.index) >= self.max_accounts:
             i = lru.nxt[0]
             if self.on_evict is not None:
-                self.on_evict(AccountState(self, i))
+                self.on_evict(_tuple_new(AccountState, (self, i)))
             lru.pop_oldest()
             self._clear(i)
             self.evicted += 1
@@ -236,16 +254,21 @@ class AccountBook:
         return sid
 
     def _positions(self, i: int) -> dict[str, Pos]:
-        out = {}
         j = self.head[i]
         if j < 0:
-            return out
+            return {}
+        if self.p_next[j] < 0:  # one position: the common case
+            liq = self.p_liq[j]
+            return {self.sym_names[self.p_sym[j]]: _tuple_new(Pos, (
+                self.p_size[j], self.p_entry[j], self.p_lev[j], self.p_iso[j] == 1,
+                None if liq != liq else liq, self.p_ts[j]))}
+        out = {}
         names, p_sym, p_next, p_liq = self.sym_names, self.p_sym, self.p_next, self.p_liq
         p_size, p_entry, p_lev, p_iso, p_ts = self.p_size, self.p_entry, self.p_lev, self.p_iso, self.p_ts
         while j >= 0:
             liq = p_liq[j]
-            out[names[p_sym[j]]] = Pos(p_size[j], p_entry[j], p_lev[j], p_iso[j] == 1,
-                                       None if liq != liq else liq, p_ts[j])
+            out[names[p_sym[j]]] = _tuple_new(Pos, (p_size[j], p_entry[j], p_lev[j], p_iso[j] == 1,
+                                                    None if liq != liq else liq, p_ts[j]))
             j = p_next[j]
         return out
 
@@ -269,8 +292,8 @@ class AccountBook:
             j = p_next[j]
         if j >= 0:
             liq = self.p_liq[j]
-            prev = Pos(self.p_size[j], self.p_entry[j], self.p_lev[j], self.p_iso[j] == 1,
-                       None if liq != liq else liq, self.p_ts[j])
+            prev = _tuple_new(Pos, (self.p_size[j], self.p_entry[j], self.p_lev[j], self.p_iso[j] == 1,
+                                    None if liq != liq else liq, self.p_ts[j]))
             if size == 0:  # closed: unchain and free the entry
                 if before < 0:
                     self.head[i] = p_next[j]
@@ -279,12 +302,12 @@ class AccountBook:
                 p_sym[j] = -1
                 self.p_free.append(j)
                 self.ts[i] = ts
-                return AccountState(self, i), prev
+                return _tuple_new(AccountState, (self, i)), prev
         else:
             prev = None
             if size == 0:
                 self.ts[i] = ts
-                return AccountState(self, i), None
+                return _tuple_new(AccountState, (self, i)), None
             if self.p_free:
                 j = self.p_free.pop()
             else:
@@ -305,7 +328,7 @@ class AccountBook:
         self.p_ts[j] = ts
         self.p_iso[j] = margin_mode == "isolated"
         self.ts[i] = ts
-        return AccountState(self, i), prev
+        return _tuple_new(AccountState, (self, i)), prev
 
     def collateral(self, account: str, equity: float, maintenance_margin: float | None,
                    ts: int) -> AccountState:
@@ -319,12 +342,12 @@ class AccountBook:
         if maintenance_margin is not None:
             self.margin[i] = maintenance_margin
         self.ts[i] = ts
-        return AccountState(self, i)
+        return _tuple_new(AccountState, (self, i))
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, account: str) -> AccountState | None:
         i = self._lru.index.get(account)
-        return AccountState(self, i) if i is not None else None
+        return _tuple_new(AccountState, (self, i)) if i is not None else None
 
     def lookup(self, account: str) -> tuple[str, float | None, dict[str, Pos]] | None:
         """(the book's string for the id, equity, positions) in one look-up, or None."""
@@ -384,7 +407,7 @@ class AccountBook:
         AccountBook.__init__(self, old["max_accounts"], None)
         self.evicted = old["evicted"]
         for name, rec in old["accounts"].items():
-            equity, mm, positions, ts, _ = rec._i
+            equity, mm, positions, ts = rec.equity, rec.maintenance_margin, rec.positions, rec.ts
             for symbol, p in positions.items():
                 self.position(name, symbol, p.size, p.entry, p.leverage,
                               "isolated" if p.isolated else "cross", p.liq_price, p.ts)
