@@ -85,7 +85,8 @@ class AccountRows:
         return {f: self.cols[k][i] for k, f in enumerate(self.fields)}
 
     def __getstate__(self):
-        return (self.fields, self.cap, self.lru, self.cols, self.evicted)
+        top = self.lru.top  # without the unused tails of the column blocks
+        return (self.fields, self.cap, self.lru, [col[:top] for col in self.cols], self.evicted)
 
     def __setstate__(self, s) -> None:
         if isinstance(s, tuple) and len(s) == 5:

@@ -368,6 +368,13 @@ class ThinBookCluster(Detector):
                     side.hist[k] -= n
             s.changed = True
 
+    def __getstate__(self) -> dict:
+        d = self.__dict__.copy()
+        top = self._lru.top  # the record columns without the unused tails of their blocks
+        for k in ("_c1", "_n1", "_c2", "_n2"):
+            d[k] = d[k][:top]
+        return d
+
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
         old = d.get("_contrib")

@@ -388,8 +388,9 @@ class AccountBook:
     def __getstate__(self):
         return {"version": 2, "max_accounts": self.max_accounts, "evicted": self.evicted,
                 "on_evict": self.on_evict, "lru": self._lru, "p_free": self.p_free, "p_top": self.p_top,
-                "sym_names": self.sym_names,
-                **{k: getattr(self, k) for k in _ACCOUNT_COLS + _POS_COLS}}
+                "sym_names": self.sym_names,  # columns without the unused tails of their blocks
+                **{k: getattr(self, k)[:self._lru.top] for k in _ACCOUNT_COLS},
+                **{k: getattr(self, k)[:self.p_top] for k in _POS_COLS}}
 
     def __setstate__(self, state) -> None:
         if isinstance(state, tuple):  # before the column store: (None, {slot: value})
