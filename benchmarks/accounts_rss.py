@@ -6,8 +6,9 @@ Pipeline with every detector; prints the resident-set growth per account.
 Events go through the native codec from JSON frames of 1,000 (as live: every decoded
 event brings its own strings and floats). RSS is read from /proc/self/statm before and
 after (current, not peak), the frames dropped as they go, so what remains is the state:
-MarketState.accounts (AccountState, Pos), the exposure graph, and the detectors' per-account
-rows. ``--root`` runs another checkout (e.g. the base commit): alternate the arms in one
+MarketState.accounts (the column store: account slots and the position pool), the exposure
+graph, and the detectors' per-account rows and records. Issue 11: 1,423 B/account at
+f43684d, ~770 after the column stores (fix-rss). ``--root`` runs another checkout (e.g. the base commit): alternate the arms in one
 session to compare. Run by hand; CI never runs benchmarks.
 """
 

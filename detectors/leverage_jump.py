@@ -153,7 +153,12 @@ class LeverageJump(Detector):
     # -- events: O(1), recording only ----------------------------------------------------
     def on_event(self, ev, state: MarketState) -> None:
         acct = str(ev.account)
-        i = self.accounts.touch(acct)
+        rows = self.accounts
+        i = rows.get(acct)
+        if i is None:  # a new row keys by the book's string for the id, shared rather than copied
+            i = rows.touch(state.accounts.name(acct) or acct)
+        else:
+            rows.lru.move_to_end(i)
         full = len(self._pending) >= self.max_pending
         if type(ev) is Account:
             if ev.maintenance_margin is not None:
@@ -178,8 +183,7 @@ class LeverageJump(Detector):
         # a fresh row (new or evicted account) starts from the state's positions once
         cols = self.accounts.cols
         if cols[N][i] == 0 and cols[TOTAL][i] == 0.0:
-            st = state.accounts.get(acct)
-            total = sum(p.notional() for p in st.positions.values()) if st is not None else 0.0
+            total = state.accounts.total_notional(acct)
         else:
             total = cols[TOTAL][i] + abs(ev.size) * ev.entry_price - (prev.notional() if prev else 0.0)
             if total < NOTIONAL_EPS:

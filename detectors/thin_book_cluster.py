@@ -61,7 +61,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict, deque
+from array import array
+from collections import deque
 
 import msgspec
 
@@ -73,6 +74,7 @@ from monitor.state import MarketState
 from monitor.state.liquidation import (
     DEFAULT_TIERS, Tiers, divergence_bps, liquidation_price, maintenance_margin, parse_tiers,
 )
+from monitor.state.slots import SlotLRU, grow, grow_by
 
 FORCED_WINDOW_MS = 60_000  # observed liquidation prints are reported over this window
 MAX_DIRTY = 200_000  # accounts waiting for a tick's recompute; past it the oldest is recomputed at once
@@ -130,11 +132,15 @@ class ThinBookClusterConfig(DetectorConfig, kw_only=True):
 
 
 class _Side:
+    """One side of a symbol. ``members`` maps a bucket to its accounts: most buckets hold one,
+    stored as the account id alone (the book's string: no container, no float; its notional
+    is in the account's contribution record), two or more as a dict account -> notional."""
+
     __slots__ = ("hist", "members", "base")
 
     def __init__(self, cfg: ThinBookClusterConfig) -> None:
         self.hist: dict[int, float] = {}  # bucket -> forced notional
-        self.members: dict[int, dict[str, float]] = {}  # bucket -> account -> notional
+        self.members: dict[int, str | dict[str, float]] = {}  # bucket -> account, or account -> notional
         self.base = Baseline(cfg.fading, cfg.min_samples, STD_FLOOR, cfg.readmit_ticks)
 
 
@@ -178,15 +184,19 @@ class ThinBookCluster(Detector):
         self._syms: dict[str, _Sym] = {}
         self._sym_names: list[str] = []  # symbol id -> name, for packed contributions
         self._sym_ids: dict[str, int] = {}
-        # account -> packed contribution, or a tuple of them (several positions); LRU order
-        self._contrib: OrderedDict[str, int | tuple[int, ...]] = OrderedDict()
+        # contributing accounts, LRU order: account -> slot of its contribution record, the
+        # first two (packed code, notional) inline in columns (code -1: none), more in _cx
+        self._lru = SlotLRU()
+        self._c1, self._n1 = array("q", [-1]), array("d", [0.0])
+        self._c2, self._n2 = array("q", [-1]), array("d", [0.0])
+        self._cx: dict[int, tuple[tuple[int, float], ...]] = {}  # slot -> all of them, past two
         self._dirty: dict[str, None] = {}
         self._marked: set[str] = set()
         self._latch = Latch(cfg.rearm_ms, cfg.escalation)
         self.evicted = 0
 
     def bounds(self) -> dict[str, tuple[int, int]]:
-        return {"accounts": (len(self._contrib), self.config.max_accounts),
+        return {"accounts": (len(self._lru), self.config.max_accounts),
                 "latch": (len(self._latch), self._latch.max_keys),
                 "dirty": (len(self._dirty), self.max_dirty)}
 
@@ -239,18 +249,23 @@ class ThinBookCluster(Detector):
         return self._tiers.get(symbol, self._default_tiers)
 
     def _recompute(self, acct: str, state: MarketState) -> None:
-        old = self._contrib.pop(acct, None)
-        if old is not None:
+        i = self._lru.get(acct)
+        if i is not None:
+            old = self._record(i)
+            self._lru.remove(acct)
+            self._clear(i)
             self._remove(acct, old)
-        st = state.accounts.get(acct)
-        if st is None or not st.positions:
+        held = state.accounts.lookup(acct)
+        if held is None:
             return
-        acct = st.name or acct  # the book's own string for the id, shared rather than copied
-        for symbol in st.positions:
+        acct, equity, positions = held  # the book's own string for the id, shared rather than copied
+        if not positions:
+            return
+        for symbol in positions:
             if symbol not in self._syms:
                 self._syms[symbol] = _Sym(self.config)
         contrib = []
-        for symbol, liq, notional, _venue in self.liquidations(acct, state, count=True):
+        for symbol, liq, notional, _venue in self._liquidations(equity, positions, state, True):
             s = self._syms[symbol]
             sid = self._sym_ids.get(symbol)
             if sid is None:
@@ -261,49 +276,154 @@ class ThinBookCluster(Detector):
             side = s.short if short else s.long
             notional = abs(notional)
             side.hist[k] = side.hist.get(k, 0.0) + notional
+            code = _pack(sid, short, k)
             m = side.members.get(k)
             if m is None:
-                m = side.members[k] = {}
-            m[acct] = m.get(acct, 0.0) + notional
+                side.members[k] = acct
+            elif type(m) is str:
+                side.members[k] = {m: self._member_n(m, code), acct: 0.0 + notional}
+            else:
+                m[acct] = m.get(acct, 0.0) + notional
             s.changed = True
-            contrib.append(_pack(sid, short, k))
+            contrib.append((code, notional))
         if contrib:
-            self._contrib[acct] = contrib[0] if len(contrib) == 1 else tuple(contrib)
-            if len(self._contrib) > self.config.max_accounts:
-                gone, items = self._contrib.popitem(last=False)
+            lru = self._lru
+            i = lru.add(acct)
+            if i >= len(self._c1):  # columns grow by blocks
+                n = grow_by(i)
+                grow(self._c1, n, -1)
+                grow(self._n1, n, 0.0)
+                grow(self._c2, n, -1)
+                grow(self._n2, n, 0.0)
+            if len(contrib) > 2:
+                self._cx[i] = tuple(contrib)
+            else:
+                self._c1[i], self._n1[i] = contrib[0]
+                if len(contrib) == 2:
+                    self._c2[i], self._n2[i] = contrib[1]
+            if len(lru) > self.config.max_accounts:
+                gone, j = lru.pop_oldest()
+                items = self._record(j)
+                self._clear(j)
                 self._remove(gone, items)
                 self.evicted += 1
 
-    def _remove(self, acct: str, items: int | tuple[int, ...]) -> None:
-        for code in (items,) if type(items) is int else items:
+    def _record(self, i: int) -> tuple[tuple[int, float], ...]:
+        """An account's contributions: ((packed code, notional), ...)."""
+        x = self._cx.get(i)
+        if x is not None:
+            return x
+        if self._c2[i] >= 0:
+            return ((self._c1[i], self._n1[i]), (self._c2[i], self._n2[i]))
+        return ((self._c1[i], self._n1[i]),)
+
+    def _clear(self, i: int) -> None:
+        self._c1[i] = self._c2[i] = -1
+        self._n1[i] = self._n2[i] = 0.0
+        self._cx.pop(i, None)
+
+    def _member_n(self, acct: str, code: int) -> float:
+        """The notional an account put in one (symbol, side, bucket), from its record."""
+        i = self._lru.index[acct]
+        if self._c1[i] == code:
+            return self._n1[i]
+        if self._c2[i] == code:
+            return self._n2[i]
+        for c, n in self._cx[i]:
+            if c == code:
+                return n
+        raise KeyError((acct, code))
+
+    def _members(self, sid: int, short: bool, side: _Side, k: int):
+        """(account, notional) in one bucket, in the order they joined it."""
+        m = side.members.get(k)
+        if m is None:
+            return ()
+        if type(m) is str:
+            return ((m, self._member_n(m, _pack(sid, short, k))),)
+        return m.items()
+
+    def _remove(self, acct: str, items) -> None:
+        for code, _n in items:
             sid, short, k = _unpack(code)
             s = self._syms[self._sym_names[sid]]
             side = s.short if short else s.long
             m = side.members.get(k)
             if m is None:
                 continue
-            n = m.pop(acct, 0.0)
-            if not m:
-                del side.members[k]
-                side.hist.pop(k, None)  # exact zero: no float residue
+            if type(m) is str:
+                if m == acct:
+                    del side.members[k]
+                    side.hist.pop(k, None)  # exact zero: no float residue
+                else:
+                    side.hist[k] -= 0.0
             else:
-                side.hist[k] -= n
+                n = m.pop(acct, 0.0)
+                if not m:
+                    del side.members[k]
+                    side.hist.pop(k, None)
+                else:
+                    if len(m) == 1:  # one left: the account id alone
+                        side.members[k] = next(iter(m))
+                    side.hist[k] -= n
             s.changed = True
+
+    def __getstate__(self) -> dict:
+        d = self.__dict__.copy()
+        top = self._lru.top  # the record columns without the unused tails of their blocks
+        for k in ("_c1", "_n1", "_c2", "_n2"):
+            d[k] = d[k][:top]
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        old = d.get("_contrib")
+        if old is None:
+            return
+        # a checkpoint from before the contribution records: OrderedDict account -> code(s),
+        # members as dicts account -> notional
+        del self.__dict__["_contrib"]
+        self._lru = SlotLRU()
+        self._c1, self._n1 = array("q", [-1]), array("d", [0.0])
+        self._c2, self._n2 = array("q", [-1]), array("d", [0.0])
+        self._cx = {}
+        for acct, items in old.items():
+            contrib = []
+            for code in (items,) if type(items) is int else items:
+                sid, short, k = _unpack(code)
+                s = self._syms[self._sym_names[sid]]
+                contrib.append((code, (s.short if short else s.long).members[k][acct]))
+            i = self._lru.add(acct)
+            for col, v in ((self._c1, -1), (self._n1, 0.0), (self._c2, -1), (self._n2, 0.0)):
+                col.append(v)
+            if len(contrib) > 2:
+                self._cx[i] = tuple(contrib)
+            else:
+                self._c1[i], self._n1[i] = contrib[0]
+                if len(contrib) == 2:
+                    self._c2[i], self._n2[i] = contrib[1]
+        for s in self._syms.values():
+            for side in (s.long, s.short):
+                for k, m in side.members.items():
+                    if len(m) == 1:
+                        side.members[k] = next(iter(m))
 
     def liquidations(self, acct: str, state: MarketState, count: bool = False):
         """(symbol, our liquidation price, signed notional at it, venue liq_price) per position."""
-        st = state.accounts.get(acct)
-        if st is None:
+        held = state.accounts.lookup(acct)
+        if held is None:
             return []
+        return self._liquidations(held[1], held[2], state, count)
+
+    def _liquidations(self, equity: float | None, positions, state: MarketState, count: bool):
         cfg = self.config
         marks, tiers_of, default = state.marks, self._tiers.get, self._default_tiers
         rows = []
-        for symbol, p in st.positions.items():
+        for symbol, p in positions.items():
             m = marks.get(symbol)
             px = m.mark if m is not None and m.mark is not None else state.price(symbol)
             if px is not None and p.size:
                 rows.append((symbol, p, px, tiers_of(symbol, default), m))
-        equity = st.equity
         cross_mm = 0.0
         mms: dict[str, float] = {}
         if equity is not None and len(rows) > 1:  # other positions' maintenance: only with several
@@ -432,7 +552,7 @@ class ThinBookCluster(Detector):
         buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
         # a cluster is many accounts: the rule must still hold without the band's largest one
         # (one whale nearing its own liquidation is that account's risk, not a cluster)
-        top = self._top(side, buckets, max(1, cfg.top_accounts))
+        top = self._top(symbol, long, side, buckets, max(1, cfg.top_accounts))
         largest = top[0][1] if top else 0.0
         band_n = sum(side.hist.get(k, 0.0) for k in buckets)
         if pressure:
@@ -519,14 +639,15 @@ class ThinBookCluster(Detector):
             m = side.members.get(b)
             if not m:
                 continue
-            for acct in m:
+            for acct in (m,) if type(m) is str else m:
                 st = accounts.get(acct)
                 if st is None:
                     continue
-                here = st.positions.get(symbol)
-                if here is None or here.isolated or len(st.positions) < 2:
+                positions = st.positions
+                here = positions.get(symbol)
+                if here is None or here.isolated or len(positions) < 2:
                     continue
-                for other, p in st.positions.items():
+                for other, p in positions.items():
                     if other == symbol or p.isolated or (p.size > 0) != long or not p.size:
                         continue
                     px = state.price(other)
@@ -566,12 +687,12 @@ class ThinBookCluster(Detector):
                 "crossed": f"cross positions of accounts in {symbol}'s forced-flow band, liquidated with them",
             }))
 
-    @staticmethod
-    def _top(side: _Side, buckets, k: int) -> list[tuple[str, float]]:
+    def _top(self, symbol: str, long: bool, side: _Side, buckets, k: int) -> list[tuple[str, float]]:
         totals: dict[str, float] = {}
+        sid = self._sym_ids.get(symbol)
+        if sid is None:
+            return []
         for b in buckets:
-            m = side.members.get(b)
-            if m:
-                for acct, n in m.items():
-                    totals[acct] = totals.get(acct, 0.0) + n
+            for acct, n in self._members(sid, not long, side, b):
+                totals[acct] = totals.get(acct, 0.0) + n
         return heapq.nlargest(k, totals.items(), key=lambda kv: (kv[1], str(kv[0])))

@@ -170,8 +170,10 @@ def test_cross_positions_share_the_account_equity():
 def test_contributions_are_bounded_and_evicted_cleanly():
     """With max_accounts = 50 only 50 accounts contribute, and the buckets hold exactly theirs."""
     _, d, _ = run(market(seconds=30), max_accounts=50)
-    assert len(d._contrib) == 50 and d.evicted > 0
-    held = sum(len(m) for side in (d._syms[SYM].long, d._syms[SYM].short) for m in side.members.values())
+    assert len(d._lru) == 50 and d.evicted > 0
+    # a bucket holds one account as its id alone, more as a dict account -> notional
+    held = sum(1 if type(m) is str else len(m)
+               for side in (d._syms[SYM].long, d._syms[SYM].short) for m in side.members.values())
     assert held == 50
 
 
@@ -211,7 +213,7 @@ def test_sub_unit_prices_keep_longs_and_shorts_apart():
         st.apply(e)
         d.on_event(e, st)
     d.on_tick(T0 + 500, st)
-    assert s.long.hist == {} and s.short.hist == {} and len(d._contrib) == 0
+    assert s.long.hist == {} and s.short.hist == {} and len(d._lru) == 0
 
 
 def _with_linked_positions(isolated_second: bool, whales: int = 30):
