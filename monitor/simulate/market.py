@@ -96,6 +96,8 @@ class SymbolState:
     # an entry no longer matching the account's position is stale and skipped
     liq_longs: list = field(default_factory=list)
     liq_shorts: list = field(default_factory=list)
+    want_key: tuple | None = None  # _recentre's cache: (best bid, far-grid anchor) -> the wanted levels
+    want: tuple = ()
 
 
 @dataclass
@@ -202,17 +204,22 @@ class Market:
         to ~5% (anchored in price, so they move only when mid crosses a grid step)."""
         spec, tick, coarse = s.spec, s.spec.tick, s.coarse
         best_bid = math.floor(s.mid / tick - 0.5) * tick
-        best_ask = best_bid + tick
-        want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
-        want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
-        inner_bid, inner_ask = best_bid - self.depth * tick, best_ask + self.depth * tick
         anchor = math.floor(s.mid / coarse) * coarse
-        for j in range(1, FAR_LEVELS + 1):
-            pb, pa = round(anchor - j * coarse, 10), round(anchor + (j + 1) * coarse, 10)
-            if pb < inner_bid:
-                want_bid.add(pb)
-            if pa > inner_ask:
-                want_ask.add(pa)
+        key = (best_bid, anchor)
+        if s.want_key == key:  # mid moved within a tick: the same levels (built once, same order)
+            want_bid, want_ask = s.want
+        else:
+            best_ask = best_bid + tick
+            want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
+            want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
+            inner_bid, inner_ask = best_bid - self.depth * tick, best_ask + self.depth * tick
+            for j in range(1, FAR_LEVELS + 1):
+                pb, pa = round(anchor - j * coarse, 10), round(anchor + (j + 1) * coarse, 10)
+                if pb < inner_bid:
+                    want_bid.add(pb)
+                if pa > inner_ask:
+                    want_ask.add(pa)
+            s.want_key, s.want = key, (want_bid, want_ask)
         for side, want, changes in ((s.bids, want_bid, bids), (s.asks, want_ask, asks)):
             for p in [p for p in side if p not in want]:
                 del side[p]
