@@ -468,6 +468,7 @@ class Profile(msgspec.Struct, kw_only=True):
     wide_bursts_per_h: float = 0.0  # market-wide
     requotes_per_h: float = 0.0  # cancel-heavy re-quoting on one symbol
     formation_s: tuple[float, float] = (30.0, 300.0)  # clusters and cohorts form over a uniform draw in this range
+    hold_s: tuple[float, float] = (60.0, 150.0)  # a formed cluster holds this long before its push / end
     depth_ratio: tuple[float, float] = (2.0, 40.0)  # cluster notional / thinned band depth (log-uniform)
     thin: tuple[float, float] = (0.15, 0.5)
     cohort_size: tuple[int, int] = (20, 60)
@@ -495,8 +496,8 @@ PROFILE_GAP_S = 120.0  # calm between two episodes (their grace, then the market
 
 
 def build_profile(profile: Profile, seconds: float = 2700, start_ts: int = 1_732_400_000_000,
-                  accounts: int = 2000) -> tuple[Market, list[Label]]:
-    """The market of ``profile`` with every stress kind once (shuffled; repeated while time
+                  accounts: int = 2000, kinds: tuple[str, ...] = PROFILE_KINDS) -> tuple[Market, list[Label]]:
+    """The market of ``profile`` with each of ``kinds`` once (shuffled; repeated while time
     is left) after the warm-up, calm bursts spread over the run, and their labels."""
     p = profile
     m = Market(seed=p.seed, symbols=p.symbols, accounts=accounts, start_ts=start_ts, gap_every_s=600,
@@ -509,14 +510,14 @@ def build_profile(profile: Profile, seconds: float = 2700, start_ts: int = 1_732
     used = iter(names)
     syms = [s.spec.name for s in m.symbols]
     labels: list[Label] = []
-    kinds = list(PROFILE_KINDS)
+    kinds = list(kinds)
     rng.shuffle(kinds)
     at, i, episode = WARMUP_S + 60.0, 0, 0
-    while True:
+    while kinds:
         kind = kinds[i % len(kinds)]
         symbol = rng.choice(syms)
         form = rng.uniform(*p.formation_s)
-        hold = rng.uniform(60, 150)
+        hold = rng.uniform(*p.hold_s)
         length = {"cancel_burst": 10, "leverage_jump": 5 + HOLD_MS / 1000, "leverage_cohort": form + HOLD_MS / 1000,
                   "thin_book_cluster": form + hold + LiquidationCluster.UNWIND_MS / 1000,
                   "cascade": form + hold + 120 + LiquidationCluster.UNWIND_MS / 1000, "benign_surge": 60}[kind]
