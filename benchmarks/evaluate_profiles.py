@@ -100,6 +100,7 @@ def row_of(profile: Profile, report: dict) -> dict:
         "calm_burst_alerts": report["calm_burst_alerts"], "warmup_alerts": report["warmup_alerts"],
         "max_anomalies_per_episode": report["max_anomalies_per_episode"],
         "max_anomalies_per_episode_by_kind": dict(per_kind_max),
+        "missed": [(m["kind"], m["symbol"], m["detail"]) for m in report["missed"]],
     }
 
 

@@ -213,7 +213,7 @@ def _incidents(false: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _label_row(label: Label) -> dict[str, Any]:
     return {"kind": label.kind, "symbol": label.symbol, "account": label.account, "start_ts": label.start_ts,
             "end_ts": label.end_ts, "first_liquidation_ts": label.first_liquidation_ts,
-            "formation_ts": label.formation_ts, "episode": label.episode}
+            "formation_ts": label.formation_ts, "episode": label.episode, "detail": label.detail}
 
 
 def _covered_ms(labels: list[Label], grace_ms: int, start_ts: int, end_ts: int) -> int:

@@ -242,8 +242,15 @@ class LiquidationCluster(_Window):
             a = next(a for a in m.accounts if a.name == name)
             d = self.distance * m.rng.uniform(0.9, 1.1)
             lev = round(1.0 / (d + MMR), 2)  # isolated long: liq = entry * (1 - 1/lev + mmr)
-            notional = (self.per_account * m.rng.uniform(0.5, 1.5) if self.per_account is not None
-                        else max(a.equity, 20_000.0) * lev * 0.8)
+            if self.per_account is not None:
+                notional = self.per_account * m.rng.uniform(0.5, 1.5)
+                # its collateral is what this position needs at ``lev`` (plus the maintenance of
+                # what else it holds), so its cross liquidation price is in the band too
+                a.equity = round(notional / lev + sum(abs(sz) * m.by_name[sym].mid * MMR
+                                                      for sym, (sz, _, _) in a.positions.items()
+                                                      if sym != self.symbol), 2)
+            else:
+                notional = max(a.equity, 20_000.0) * lev * 0.8
             size = round(notional / s.mid, 6)
             a.positions[self.symbol] = (size, s.mid, lev)
             a.isolated = False
