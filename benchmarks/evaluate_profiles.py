@@ -236,15 +236,21 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=1500)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print everything as one JSON object")
-    ap.add_argument("--json-out", type=Path, help="also write the JSON object to this file")
+    ap.add_argument("--json-out", type=Path, help="also write the JSON: a line per profile as it completes, "
+                    "then the whole object in place of those lines")
     ap.add_argument("--no-real", action="store_true", help="skip the real recordings")
     args = ap.parse_args()
     seeds = list(range(args.first_seed, args.first_seed + args.profiles))
     t0 = time.perf_counter()
     rows: list[dict] = []
+    if args.json_out:
+        args.json_out.write_bytes(b"")
     with Pool(args.jobs) as pool:
         for r in pool.imap(_run, [(s, args.seconds, args.accounts) for s in seeds]):
             rows.append(r)
+            if args.json_out:  # one line per profile as it completes; the whole object replaces it at the end
+                with args.json_out.open("ab") as f:
+                    f.write(msgspec.json.encode(r) + b"\n")
             if not args.json:
                 print(fmt_row(r), flush=True)
     summary = worst(rows)
