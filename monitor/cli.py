@@ -464,10 +464,10 @@ def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Detector settings (default: built-in)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Replay a labelled recording and report recall, false alerts and cascade lead times."""
+    """Replay a labelled recording and score it strictly: recall, false alerts, cascade lead times."""
     from detectors import build_detectors
     from monitor.codecs.native import NativeCodec
-    from monitor.evaluate import evaluate as run_evaluation
+    from monitor.simulate.evaluate import evaluate as run_evaluation
     from monitor.pipeline import Pipeline, tune_gc
     from monitor.simulate.scenarios import Label
     from monitor.sources import read_recording
@@ -513,11 +513,20 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     s = Table(show_header=False, title="stream")
     s.add_row("events replayed", f"{report['events']:,} ({report['replay_events_per_s'] or 0:,}/s)")
     s.add_row("simulated hours", str(report["simulated_hours"]))
-    s.add_row("false alerts (per unlabelled hour)", f"{report['false_alerts']} ({report['false_alerts_per_hour']})")
+    s.add_row("calm hours (after warm-up, outside stress windows)", str(report["unlabelled_hours"]))
+    s.add_row("false alerts (per calm hour)", f"{report['false_alerts']} ({report['false_alerts_per_hour']})")
+    if "false_incidents" in report:
+        s.add_row("false episodes per (kind, symbol) (per calm hour)",
+                  f"{report['false_incidents']} ({report['false_incidents_per_hour']})")
+        s.add_row("warm-up alerts (apart)", str(report["warmup_alerts"]))
     s.add_row("alerts during benign surges", str(report["benign_surge_alerts"]))
-    s.add_row("cascade lead times (s)",
+    if "calm_burst_alerts" in report:
+        s.add_row("alerts during calm bursts", str(report["calm_burst_alerts"]))
+    s.add_row("cascade lead before 1st forced liquidation (s)",
               safe(", ".join(f"{c['symbol']} {c['lead_s']}" for c in report["cascades"])) or "-")
     s.add_row("median cascade lead (s)", str(report["median_cascade_lead_s"]))
+    if "max_anomalies_per_episode" in report:
+        s.add_row("max anomalies per episode and kind", str(report["max_anomalies_per_episode"]))
     console.print(s)
 
 

@@ -220,8 +220,8 @@ def summary_table(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receive
 
 def truth_table(daemon: Daemon, labels) -> Table:
     """Each injected stress that has begun, and whether (and how early) it was flagged,
-    by ``monitor.evaluate``'s own rules ("not yet" while it can still be)."""
-    from monitor.evaluate import GRACE_MS, evaluate
+    by ``monitor.simulate.evaluate``'s own rules ("not yet" while it can still be)."""
+    from monitor.simulate.evaluate import GRACE_MS, evaluate
 
     clock = daemon.pipeline.clock
     now = clock.now

@@ -5,7 +5,7 @@ import pytest
 
 from detectors import build_detectors
 from monitor.codecs.native import NativeCodec
-from monitor.evaluate import evaluate
+from monitor.simulate.evaluate import evaluate
 from monitor.pipeline import Pipeline
 from monitor.simulate.scenarios import build, play
 from monitor.state import MarketState
@@ -49,11 +49,22 @@ def test_same_seed_same_report():
     assert a[0] == b[0] and a[2] == b[2]
 
 
-def test_leverage_jumps_single_and_cohort_are_detected():
-    """The single account's jump and the cohort on one symbol are both found."""
+def test_leverage_jump_single_is_detected():
+    """The single account's jump is found; the cohort is labelled as its own kind."""
     _, labels, report = run("leverage_jump", 720)
-    assert report["per_kind"] == [{"kind": "leverage_jump", "labels": 2, "detected": 2, "recall": 1.0}]
+    rows = {r["kind"]: r for r in report["per_kind"]}
+    assert rows["leverage_jump"] == {"kind": "leverage_jump", "labels": 1, "detected": 1, "recall": 1.0}
+    assert rows["leverage_cohort"]["labels"] == 1
     assert report["false_alerts"] <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: strict scoring credits a cohort only as one symbol-level "
+                   "anomaly; the cohort rule's per-tick baseline absorbs it and only per-account anomalies fire")
+def test_leverage_cohort_is_one_symbol_level_anomaly():
+    """40 accounts raising leverage on one symbol within 30 s: one symbol-level anomaly."""
+    _, labels, report = run("leverage_jump", 720)
+    rows = {r["kind"]: r for r in report["per_kind"]}
+    assert rows["leverage_cohort"]["recall"] == 1.0
 
 
 def test_thin_book_cluster_is_detected():
@@ -63,9 +74,11 @@ def test_thin_book_cluster_is_detected():
 
 
 def test_cascade_is_flagged_before_its_first_forced_liquidation():
-    """Both cascade symbols are flagged before the first forced liquidation."""
+    """The cascade (one episode over two symbols) is warned by thin_book_cluster or
+    cascade_risk on its symbols between the cluster's formation and the first forced
+    liquidation (strict: nothing after it counts)."""
     _, labels, report = run("cascade", 720)
-    assert report["per_kind"] == [{"kind": "cascade", "labels": 2, "detected": 2, "recall": 1.0}]
+    assert report["per_kind"] == [{"kind": "cascade", "labels": 1, "detected": 1, "recall": 1.0}]
     assert all(c["lead_s"] is not None and c["lead_s"] > 0 for c in report["cascades"])
 
 
@@ -74,10 +87,13 @@ def test_an_anomaly_without_a_symbol_in_a_labelled_window_is_a_false_alert():
     its window counts as false, not as nothing."""
     from monitor.simulate.scenarios import Label
 
-    anomalies = [{"kind": "leverage_jump", "symbol": None, "account": "a-1", "ts": 1_500, "id": "1"},
-                 {"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_600, "id": "2"}]
-    r = evaluate(anomalies, [Label(kind="cancel_burst", symbol="X", start_ts=1_000, end_ts=2_000)], 0, 3_600_000)
+    anomalies = [{"kind": "leverage_jump", "symbol": None, "account": "a-1", "ts": 201_500, "id": "1"},
+                 {"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 201_600, "id": "2"},
+                 {"kind": "cancel_burst", "symbol": "X", "account": None, "ts": 1_600, "id": "3"}]
+    r = evaluate(anomalies, [Label(kind="cancel_burst", symbol="X", start_ts=201_000, end_ts=202_000)], 0,
+                 3_600_000)
     assert r["false_alerts"] == 1 and r["false_alert_ids"] == ["1"]
+    assert r["warmup_alerts"] == 1  # the one in the first two minutes is reported apart
 
 
 def test_each_label_gets_its_own_verdict():
@@ -87,3 +103,43 @@ def test_each_label_gets_its_own_verdict():
     assert [v["kind"] for v in verdicts] == [lb.kind for lb in labels if lb.first_liquidation_ts is not None]
     assert all(v["detected"] and v["lead_s"] == c["lead_s"] for v, c in zip(verdicts, report["cascades"]))
     assert all(v["first_ts"] in {a.ts for a in found} for v in verdicts)
+
+
+def test_strict_cascade_credit_ends_at_the_first_forced_liquidation():
+    """Only thin_book_cluster / cascade_risk on the cascade's symbols, from the cluster's
+    formation until (not at, not after) its first forced liquidation, warn a cascade; other
+    kinds there are explained (not false) but earn nothing."""
+    from monitor.simulate.scenarios import Label
+
+    def lb(sym):
+        return Label(kind="cascade", symbol=sym, start_ts=200_000, end_ts=500_000, formation_ts=200_000,
+                     first_liquidation_ts=400_000, symbols=["X", "Y"], episode=1)
+
+    late = [{"kind": "cascade_risk", "symbol": "X", "account": None, "ts": 400_000, "id": "1"},
+            {"kind": "leverage_jump", "symbol": "Y", "account": "a", "ts": 300_000, "id": "2"}]
+    r = evaluate(late, [lb("X"), lb("Y")], 0, 3_600_000)
+    assert r["per_kind"] == [{"kind": "cascade", "labels": 1, "detected": 0, "recall": 0.0}]
+    assert r["false_alerts"] == 0
+    early = late + [{"kind": "thin_book_cluster", "symbol": "Y", "account": None, "ts": 250_000, "id": "3"}]
+    r = evaluate(early, [lb("X"), lb("Y")], 0, 3_600_000)
+    assert r["per_kind"][0]["recall"] == 1.0 and r["median_cascade_lead_s"] == 150.0
+    assert [c["symbol_lead_s"] for c in r["cascades"]] == [None, 150.0]
+    assert r["max_anomalies_per_episode"] == 1
+
+
+def test_cohort_counts_only_as_a_symbol_level_anomaly_and_benign_windows_explain_nothing():
+    from monitor.simulate.scenarios import Label
+
+    labels = [Label(kind="leverage_cohort", symbol="X", start_ts=200_000, end_ts=260_000),
+              Label(kind="calm_burst", symbol="Y", start_ts=400_000, end_ts=420_000)]
+    per_account = [{"kind": "leverage_jump", "symbol": "X", "account": f"a{i}", "ts": 210_000 + i, "id": str(i)}
+                   for i in range(5)]
+    r = evaluate(per_account, labels, 0, 3_600_000)
+    assert r["per_kind"][0]["recall"] == 0.0 and r["false_alerts"] == 0
+    assert r["episodes"][0]["anomalies"] == {"leverage_jump": 5} and r["max_anomalies_per_episode"] == 5
+    cohort = per_account + [{"kind": "leverage_jump", "symbol": "X", "account": None, "ts": 230_000, "id": "c"},
+                            {"kind": "cancel_burst", "symbol": "Y", "account": "m", "ts": 410_000, "id": "f1"},
+                            {"kind": "cancel_burst", "symbol": "Y", "account": "m", "ts": 415_000, "id": "f2"}]
+    r = evaluate(cohort, labels, 0, 3_600_000)
+    assert r["per_kind"][0]["recall"] == 1.0
+    assert r["false_alerts"] == 2 and r["false_incidents"] == 1 and r["calm_burst_alerts"] == 2

@@ -96,6 +96,14 @@ class SymbolState:
     # an entry no longer matching the account's position is stale and skipped
     liq_longs: list = field(default_factory=list)
     liq_shorts: list = field(default_factory=list)
+    # the market profile's knobs (defaults: the original calm market)
+    depth_x: float = 1.0  # resting size per level x this (the symbol's depth)
+    slope: float = 0.08  # book shape: a level k ticks out holds (0.6 + slope x k) x the touch's typical size
+    far_x: float = 3.0  # the coarse far levels hold far_x x the typical size
+    activity: float = 1.0  # maker and taker rates x this (calm bursts)
+    requote: float = 0.0  # extra cancel + re-place pairs per second, as a multiple of maker_rate (re-quoting)
+    want_key: tuple | None = None  # _recentre's cache: (best bid, far-grid anchor) -> the wanted levels
+    want: tuple = ()
 
 
 @dataclass
@@ -105,6 +113,7 @@ class AccountSim:
     positions: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # sym -> (size, entry, lev)
     isolated: bool = False
     leverage: float = 5.0  # the account's usual setting: people rarely change it
+    sym_leverage: dict[str, float] = field(default_factory=dict)  # per-symbol settings (a profile's leverage mix)
 
 
 class Market:
@@ -112,7 +121,13 @@ class Market:
 
     def __init__(self, seed: int = 7, symbols: int = 6, accounts: int = 3000, start_ts: int = 1_732_400_000_000,
                  step_ms: int = 50, gap_every_s: float = 90.0, depth: int = 30,
-                 maker_rate: float = 60.0, taker_rate: float = 4.0, position_rate: float = 6.0) -> None:
+                 maker_rate: float = 60.0, taker_rate: float = 4.0, position_rate: float = 6.0,
+                 book: list[tuple[float, float, float]] | None = None, leverage_mix: float = 0.0,
+                 republish_s: float | None = None, decimal_strings: bool = False) -> None:
+        """``book``: per symbol (depth_x, slope, far_x); ``leverage_mix``: the share of accounts
+        that set leverage per symbol (high on one, low on another); ``republish_s``: every open
+        position is re-sent unchanged about this often (None: on change only);
+        ``decimal_strings``: prices and sizes go out as decimal strings, as many venues send them."""
         if not 1 <= symbols <= len(DEFAULT_SYMBOLS):
             raise ValueError(f"symbols must be 1..{len(DEFAULT_SYMBOLS)}")
         self.rng = random.Random(seed)
@@ -126,10 +141,21 @@ class Market:
         self.symbols = [SymbolState(s, s.price, coarse=_tick_round(s.price * 0.002, s.tick))
                         for s in DEFAULT_SYMBOLS[:symbols]]
         self.by_name = {s.spec.name: s for s in self.symbols}
+        for s, shape in zip(self.symbols, book or ()):
+            s.depth_x, s.slope, s.far_x = shape
+        self.republish_s = republish_s
+        self.decimal_strings = decimal_strings
         self.accounts = [AccountSim(f"a-{i:05d}", self.rng.lognormvariate(math.log(20_000), 1.0),
                                     isolated=self.rng.random() < 0.15,
                                     leverage=float(self.rng.choice((2, 3, 3, 5, 5, 5, 10, 10, 15, 20))))
                          for i in range(accounts)]
+        if leverage_mix > 0:  # drawn after the accounts, so the default market's stream is unchanged
+            names = [s.spec.name for s in self.symbols]
+            for a in self.accounts:
+                if self.rng.random() < leverage_mix:
+                    hi, lo = self.rng.sample(names, 2) if len(names) > 1 else (names[0], names[0])
+                    a.sym_leverage[hi] = float(self.rng.choice((15, 20, 25)))
+                    a.sym_leverage[lo] = float(self.rng.choice((2, 3)))
         self.makers = [f"mm-{i}" for i in range(8)]
         self.next_order_id = 1
         self.next_mark_ts = start_ts
@@ -142,7 +168,8 @@ class Market:
     # -- public --------------------------------------------------------------------------
     def snapshots(self) -> list[dict]:
         """A book snapshot per symbol at its current seq (what a server sends on connect)."""
-        return [self._snapshot(s) for s in self.symbols]
+        out = [self._snapshot(s) for s in self.symbols]
+        return [_as_strings(e) for e in out] if self.decimal_strings else out
 
     def step(self) -> list[dict]:
         self.ts += self.step_ms
@@ -157,8 +184,12 @@ class Market:
             for s in self.symbols:
                 out.append(self._mark(s))
         self._positions(dt, out)
+        if self.republish_s:
+            self._republish(dt, out)
         for actor in self.actors:
             actor(self, out)
+        if self.decimal_strings:
+            return [_as_strings(e) for e in out]
         return out
 
     def run_steps(self, n: int) -> list[list[dict]]:
@@ -175,10 +206,12 @@ class Market:
         s.mid *= math.exp(sd * (spec.beta * factor * 0.7 + rng.gauss(0.0, 1.0) * 0.7) + s.drift_per_s * dt)
         bids, asks = {}, {}  # this step's level changes: price -> new absolute size
         self._recentre(s, bids, asks)
-        for _ in range(poisson(rng, self.maker_rate * dt)):
+        for _ in range(poisson(rng, self.maker_rate * s.activity * dt)):
             self._maker(s, bids, asks, out)
-        for _ in range(poisson(rng, self.taker_rate * dt * (3.0 if rng.random() < 0.002 else 1.0))):
+        for _ in range(poisson(rng, self.taker_rate * s.activity * dt * (3.0 if rng.random() < 0.002 else 1.0))):
             self._taker(s, bids, asks, out)
+        if s.requote:
+            self._requote(s, bids, asks, out, poisson(rng, self.maker_rate * s.requote * dt))
         if s.resync_at and self.ts >= s.resync_at:
             s.resync_at = 0
             s.seq += 1
@@ -202,17 +235,22 @@ class Market:
         to ~5% (anchored in price, so they move only when mid crosses a grid step)."""
         spec, tick, coarse = s.spec, s.spec.tick, s.coarse
         best_bid = math.floor(s.mid / tick - 0.5) * tick
-        best_ask = best_bid + tick
-        want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
-        want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
-        inner_bid, inner_ask = best_bid - self.depth * tick, best_ask + self.depth * tick
         anchor = math.floor(s.mid / coarse) * coarse
-        for j in range(1, FAR_LEVELS + 1):
-            pb, pa = round(anchor - j * coarse, 10), round(anchor + (j + 1) * coarse, 10)
-            if pb < inner_bid:
-                want_bid.add(pb)
-            if pa > inner_ask:
-                want_ask.add(pa)
+        key = (best_bid, anchor)
+        if s.want_key == key:  # mid moved within a tick: the same levels (built once, same order)
+            want_bid, want_ask = s.want
+        else:
+            best_ask = best_bid + tick
+            want_bid = {round(best_bid - k * tick, 10) for k in range(self.depth)}
+            want_ask = {round(best_ask + k * tick, 10) for k in range(self.depth)}
+            inner_bid, inner_ask = best_bid - self.depth * tick, best_ask + self.depth * tick
+            for j in range(1, FAR_LEVELS + 1):
+                pb, pa = round(anchor - j * coarse, 10), round(anchor + (j + 1) * coarse, 10)
+                if pb < inner_bid:
+                    want_bid.add(pb)
+                if pa > inner_ask:
+                    want_ask.add(pa)
+            s.want_key, s.want = key, (want_bid, want_ask)
         for side, want, changes in ((s.bids, want_bid, bids), (s.asks, want_ask, asks)):
             for p in [p for p in side if p not in want]:
                 del side[p]
@@ -220,7 +258,7 @@ class Market:
             for p in want:
                 if p not in side:
                     k = abs(p - s.mid) / tick
-                    size = self._level_size(spec, k, far=abs(p - s.mid) > self.depth * tick) * s.thin
+                    size = self._level_size(s, k, far=abs(p - s.mid) > self.depth * tick) * s.thin
                     side[p] = size
                     changes[p] = size
         if len(s.orders) > 4000:  # bound the maker orders we track (oldest forgotten)
@@ -239,10 +277,39 @@ class Market:
         out.append({"type": "book", "symbol": s.spec.name, "ts": self.ts, "seq": s.seq,
                     "bids": [[p, q] for p, q in bids.items()], "asks": [[p, q] for p, q in asks.items()]})
 
-    def _level_size(self, spec: SymbolSpec, k: float, far: bool = False) -> float:
-        base = spec.level_notional / spec.price
-        scale = 3.0 if far else 0.6 + 0.08 * k
+    def _level_size(self, s: SymbolState, k: float, far: bool = False) -> float:
+        base = s.spec.level_notional * s.depth_x / s.spec.price
+        scale = s.far_x if far else 0.6 + s.slope * k
         return round(base * scale * self.rng.lognormvariate(0.0, 0.35), 6)
+
+    def _requote(self, s: SymbolState, bids: dict, asks: dict, out: list[dict], n: int) -> None:
+        """Market makers re-quote: cancel a resting order and place it again a level away
+        (cancel-heavy flow, no trades, the book about unchanged)."""
+        rng, spec = self.rng, s.spec
+        for _ in range(n):
+            if not s.orders:
+                return
+            oid = next(iter(s.orders))
+            acct, side, px, size = s.orders.pop(oid)
+            book, changes = (s.bids, bids) if side == "buy" else (s.asks, asks)
+            out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": oid, "account": acct,
+                        "action": "cancel", "side": side, "price": px, "size": size})
+            if px in book:
+                book[px] = max(round(book[px] - size, 6), 0.0)
+                changes[px] = book[px]
+                if book[px] <= 0:
+                    del book[px]
+            if not book:
+                continue
+            levels = sorted(book, reverse=(side == "buy"))[:5]
+            px = levels[rng.randrange(len(levels))]
+            book[px] = round(book[px] + size, 6)
+            changes[px] = book[px]
+            new = self.next_order_id
+            self.next_order_id += 1
+            s.orders[new] = (acct, side, px, size)
+            out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": new, "account": acct,
+                        "action": "new", "side": side, "price": px, "size": size})
 
     def _maker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
         rng, spec = self.rng, s.spec
@@ -267,7 +334,7 @@ class Market:
             return
         levels = sorted(book, reverse=(side == "buy"))[: min(10, len(book))]
         px = levels[min(int(rng.expovariate(0.5)), len(levels) - 1)]
-        size = round(spec.level_notional / spec.price * rng.uniform(0.05, 0.3), 6)
+        size = round(spec.level_notional * s.depth_x / spec.price * rng.uniform(0.05, 0.3), 6)
         book[px] = round(book[px] + size, 6)
         changes[px] = book[px]
         oid = self.next_order_id
@@ -349,7 +416,7 @@ class Market:
         """``opened_earlier``: a position the account already held when the feed started, so
         its entry is spread around today's price (positions were opened over days)."""
         rng = self.rng
-        lev = a.leverage
+        lev = a.sym_leverage.get(s.spec.name, a.leverage) if a.sym_leverage else a.leverage
         old = a.positions.get(s.spec.name)
         # the margin check: all positions together stay within 0.6 x equity x leverage
         others = sum(abs(sz) * self.by_name[sym].mid for sym, (sz, _, _) in a.positions.items()
@@ -406,6 +473,22 @@ class Market:
                             "entry_price": entry, "leverage": pos[2], "margin_mode": "isolated"})
                 out.append(self._account_event(a))
 
+    def _republish(self, dt: float, out: list[dict]) -> None:
+        """Venues that re-send every open position on a timer: each about every
+        ``republish_s``, unchanged (same size, entry and leverage)."""
+        rng = self.rng
+        for _ in range(poisson(rng, len(self.accounts) * dt / self.republish_s)):
+            a = rng.choice(self.accounts)
+            for sym, (size, entry, lev) in a.positions.items():
+                s = self.by_name[sym]
+                sign = 1 if size > 0 else -1
+                liq = isolated_liq(size, entry, lev) if a.isolated else None
+                if liq is None:
+                    liq = max(entry * (1 - sign * (1 / lev - MMR)), 0.0)
+                out.append({"type": "position", "account": a.name, "symbol": sym, "ts": self.ts, "size": size,
+                            "entry_price": entry, "leverage": lev,
+                            "margin_mode": "isolated" if a.isolated else "cross", "liq_price": _r(liq)})
+
     def _account_event(self, a: AccountSim) -> dict:
         mm = sum(abs(sz) * self.by_name[sym].mid * MMR for sym, (sz, _, _) in a.positions.items())
         return {"type": "account", "account": a.name, "ts": self.ts, "equity": round(a.equity, 2),
@@ -426,6 +509,23 @@ def poisson(rng: random.Random, lam: float) -> int:
 
 def _tick_round(x: float, tick: float) -> float:
     return max(tick, round(round(x / tick) * tick, 10))
+
+
+_NUMERIC = ("price", "size", "mark", "index", "last", "entry_price", "liq_price", "equity",
+            "maintenance_margin", "open_interest")
+
+
+def _as_strings(e: dict) -> dict:
+    """Prices and sizes as decimal strings (``"64000.5"``), as many venues send them."""
+    e = dict(e)
+    for k in _NUMERIC:
+        v = e.get(k)
+        if isinstance(v, float):
+            e[k] = repr(v)
+    for side in ("bids", "asks"):
+        if side in e:
+            e[side] = [[repr(float(p)), repr(float(q))] for p, q in e[side]]
+    return e
 
 
 def _r(x: float) -> float:
