@@ -248,6 +248,16 @@ class ThinBookCluster(Detector):
     def tiers(self, symbol: str) -> Tiers:
         return self._tiers.get(symbol, self._default_tiers)
 
+    def _store_contrib(self, i: int, contrib: list) -> None:
+        """An account's (bucket code, notional) pairs in slot ``i``: two inline columns, a
+        tuple beyond two (few accounts are in more than two buckets)."""
+        if len(contrib) > 2:
+            self._cx[i] = tuple(contrib)
+        else:
+            self._c1[i], self._n1[i] = contrib[0]
+            if len(contrib) == 2:
+                self._c2[i], self._n2[i] = contrib[1]
+
     def _recompute(self, acct: str, state: MarketState) -> None:
         i = self._lru.get(acct)
         if i is not None:
@@ -295,12 +305,7 @@ class ThinBookCluster(Detector):
                 grow(self._n1, n, 0.0)
                 grow(self._c2, n, -1)
                 grow(self._n2, n, 0.0)
-            if len(contrib) > 2:
-                self._cx[i] = tuple(contrib)
-            else:
-                self._c1[i], self._n1[i] = contrib[0]
-                if len(contrib) == 2:
-                    self._c2[i], self._n2[i] = contrib[1]
+            self._store_contrib(i, contrib)
             if len(lru) > self.config.max_accounts:
                 gone, j = lru.pop_oldest()
                 items = self._record(j)
@@ -396,12 +401,7 @@ class ThinBookCluster(Detector):
             i = self._lru.add(acct)
             for col, v in ((self._c1, -1), (self._n1, 0.0), (self._c2, -1), (self._n2, 0.0)):
                 col.append(v)
-            if len(contrib) > 2:
-                self._cx[i] = tuple(contrib)
-            else:
-                self._c1[i], self._n1[i] = contrib[0]
-                if len(contrib) == 2:
-                    self._c2[i], self._n2[i] = contrib[1]
+            self._store_contrib(i, contrib)
         for s in self._syms.values():
             for side in (s.long, s.short):
                 for k, m in side.members.items():

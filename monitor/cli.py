@@ -23,7 +23,7 @@ from rich.table import Table
 
 from monitor import config as config_mod
 from monitor.config import Config, ConfigError, Duration
-from monitor.render import SEVERITY_STYLE, fmt_ts, safe, sev_cell, summarize_detail  # noqa: F401
+from monitor.render import fmt_ts, safe, sev_cell, summarize_detail
 from monitor.store import Store, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

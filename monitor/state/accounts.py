@@ -273,15 +273,19 @@ class AccountBook:
         return out
 
     # -- updates -------------------------------------------------------------------------
-    def position(self, account: str, symbol: str, size: float, entry: float, leverage: float,
-                 margin_mode: str, liq_price: float | None, ts: int) -> tuple[AccountState, Pos | None]:
-        """Record a position update; returns (account, previous position or None)."""
+    def _touch(self, account: str) -> int:
+        """The account's slot, made if new, and now the most recently updated."""
         lru = self._lru
         i = lru.index.get(account)
         if i is None:
-            i = self._new(account)
-        else:
-            lru.move_to_end(i)
+            return self._new(account)
+        lru.move_to_end(i)
+        return i
+
+    def position(self, account: str, symbol: str, size: float, entry: float, leverage: float,
+                 margin_mode: str, liq_price: float | None, ts: int) -> tuple[AccountState, Pos | None]:
+        """Record a position update; returns (account, previous position or None)."""
+        i = self._touch(account)
         sid = self.sym_ids.get(symbol)
         if sid is None:
             sid = self._sym(symbol)
@@ -332,12 +336,7 @@ class AccountBook:
 
     def collateral(self, account: str, equity: float, maintenance_margin: float | None,
                    ts: int) -> AccountState:
-        lru = self._lru
-        i = lru.index.get(account)
-        if i is None:
-            i = self._new(account)
-        else:
-            lru.move_to_end(i)
+        i = self._touch(account)
         self.equity[i] = NAN if equity is None else equity
         if maintenance_margin is not None:
             self.margin[i] = maintenance_margin
