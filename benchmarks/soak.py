@@ -83,6 +83,9 @@ stale_after = "1h"    # the feed idles after its last frame
 [store]
 path = "{tmp / 'pw.db'}"
 
+[daemon]
+max_ahead = "2h"      # the recording starts now and runs an hour ahead of the wall clock
+
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 
