@@ -289,3 +289,17 @@ def test_drain_lets_a_post_in_flight_finish_instead_of_sending_it_again(tmp_path
     assert len(hook.bodies) == 1 and engine.sent == 1
     assert sqlite3.connect(tmp_path / "pw.db").execute(
         "SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0] == 0
+
+
+def test_status_for_metrics_never_waits_on_the_store(tmp_path):
+    """Row 4: /metrics asks status(); with the outbox busy (its lock held by a write that waits
+    on a locked database) the answer must not wait for it. Before: the scrape hung."""
+    import threading
+
+    engine = AlertEngine(config(tmp_path, [("hook", "http://127.0.0.1:1/hook", "1s")]))
+    answered = threading.Event()
+    with engine.outbox._lock:  # a write in the store thread holds it while SQLite is locked
+        t = threading.Thread(target=lambda: (engine.status(), answered.set()), daemon=True)
+        t.start()
+        assert answered.wait(WAIT_S), "status() waited on the outbox"
+    assert engine.status()["pending"] == 0
