@@ -303,13 +303,7 @@ class Market:
                 continue
             levels = sorted(book, reverse=(side == "buy"))[:5]
             px = levels[rng.randrange(len(levels))]
-            book[px] = round(book[px] + size, 6)
-            changes[px] = book[px]
-            new = self.next_order_id
-            self.next_order_id += 1
-            s.orders[new] = (acct, side, px, size)
-            out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": new, "account": acct,
-                        "action": "new", "side": side, "price": px, "size": size})
+            self._place(s, acct, side, px, size, book, changes, out)
 
     def _maker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
         rng, spec = self.rng, s.spec
@@ -335,12 +329,17 @@ class Market:
         levels = sorted(book, reverse=(side == "buy"))[: min(10, len(book))]
         px = levels[min(int(rng.expovariate(0.5)), len(levels) - 1)]
         size = round(spec.level_notional * s.depth_x / spec.price * rng.uniform(0.05, 0.3), 6)
+        self._place(s, acct, side, px, size, book, changes, out)
+
+    def _place(self, s: SymbolState, acct, side: str, px: float, size: float, book: dict, changes: dict,
+               out: list[dict]) -> None:
+        """A new resting order: the level grows, the order is remembered (to cancel it later)."""
         book[px] = round(book[px] + size, 6)
         changes[px] = book[px]
         oid = self.next_order_id
         self.next_order_id += 1
         s.orders[oid] = (acct, side, px, size)
-        out.append({"type": "order", "symbol": spec.name, "ts": self.ts, "order_id": oid, "account": acct,
+        out.append({"type": "order", "symbol": s.spec.name, "ts": self.ts, "order_id": oid, "account": acct,
                     "action": "new", "side": side, "price": px, "size": size})
 
     def _taker(self, s: SymbolState, bids: dict, asks: dict, out: list[dict]) -> None:
