@@ -25,7 +25,7 @@ import structlog
 
 from alerts.correlate import Incident
 from alerts.incidents import IncidentTable
-from monitor.codecs import Codec
+from monitor.codecs import Codec, sample_text
 from monitor.config import Config, SourceConfig, listen_address
 from monitor.events import Anomaly
 from monitor.held import Held
@@ -83,7 +83,8 @@ class Daemon:
         if cfg.alerts.receivers:
             from alerts.engine import AlertEngine
 
-            engine = AlertEngine(cfg, open_incidents=list(self._correlator_open()))
+            c = self.pipeline.correlator  # a restored pipeline's open incidents: the engine routes them on
+            engine = AlertEngine(cfg, open_incidents=list(c.open.values()) if c is not None else [])
             if restored is not None and "AlertEngine" in restored.sinks:
                 engine.restore(restored.sinks["AlertEngine"])
             self.sinks.append(engine)
@@ -256,10 +257,6 @@ class Daemon:
         the pipeline's own, stored with the next flush."""
         self._pending.extend(self.pipeline.correlate(anomalies))
 
-    def _correlator_open(self) -> list[Incident]:
-        c = self.pipeline.correlator
-        return list(c.open.values()) if c is not None else []
-
     def _abandon_dead_incidents(self) -> None:
         """At start (writer thread): incidents the store has as firing that no checkpoint
         holds belonged to a process that died; close them as ``abandoned``."""
@@ -340,7 +337,7 @@ class Daemon:
             if self._samples.allow(f"failed:{name}"):
                 sample = frame if isinstance(frame, (bytes, str)) else type(frame).__name__
                 log.error("frame_failed", source=name, error=f"{type(e).__name__}: {e}"[:300],
-                          sample=_sample(sample), failed_total=self.frames_failed[name])
+                          sample=sample_text(sample), failed_total=self.frames_failed[name])
 
     def _advance_stalled(self) -> None:
         """Live: a stream that stops advancing (silence, or timestamps that stopped moving)
@@ -501,8 +498,3 @@ class Daemon:
                 if self._samples.allow(name):
                     log.warning("frame_dropped", source=name, reason=reason, sample=sample,
                                 dropped_total=sum(codec.stats.dropped.values()))
-
-
-def _sample(frame: bytes | str, chars: int = 200) -> str:
-    text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-    return text if len(text) <= chars else f"{text[:chars]}...(+{len(text) - chars} chars)"

@@ -31,6 +31,21 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL)
 
 
+def sample_text(sample: object) -> str:
+    """A frame (or part of one) as a log sample: its first ``SAMPLE_CHARS``, printable, with
+    how much was cut."""
+    if isinstance(sample, (bytes, bytearray, memoryview)):
+        n = len(sample)
+        text = bytes(sample[:SAMPLE_CHARS]).decode("utf-8", "replace")
+        suffix = f"...(+{n - SAMPLE_CHARS} bytes)" if n > SAMPLE_CHARS else ""
+    else:
+        text = sample if isinstance(sample, str) else repr(sample)
+        n = len(text)
+        text = text[:SAMPLE_CHARS]
+        suffix = f"...(+{n - SAMPLE_CHARS} chars)" if n > SAMPLE_CHARS else ""
+    return printable(text) + suffix
+
+
 class DecodeStats:
     """Counters of what a codec accepted and dropped, with a bounded sample queue."""
 
@@ -46,16 +61,7 @@ class DecodeStats:
     def drop(self, reason: str, sample: object, error: str = "") -> None:
         """Count a drop under ``reason`` and keep a truncated, printable sample of it."""
         self.dropped[reason] += 1
-        if isinstance(sample, (bytes, bytearray, memoryview)):
-            n = len(sample)
-            text = bytes(sample[:SAMPLE_CHARS]).decode("utf-8", "replace")
-            suffix = f"...(+{n - SAMPLE_CHARS} bytes)" if n > SAMPLE_CHARS else ""
-        else:
-            text = sample if isinstance(sample, str) else repr(sample)
-            n = len(text)
-            text = text[:SAMPLE_CHARS]
-            suffix = f"...(+{n - SAMPLE_CHARS} chars)" if n > SAMPLE_CHARS else ""
-        text = printable(text) + suffix
+        text = sample_text(sample)
         error = printable(error[:SAMPLE_CHARS])
         self.samples.append((reason, f"{error} :: {text}" if error else text))
 
