@@ -107,17 +107,19 @@ def _document(cfg: Config, pipeline: Pipeline, sinks: dict[str, Any] | None) -> 
     return {"fingerprint": fingerprint(cfg), "pipeline": pipeline.checkpoint(), "sinks": sinks or {}}
 
 
+def _prepare(cfg: Config, pipeline: Pipeline, sinks: dict[str, Any] | None) -> tuple[Path, bytes, dict]:
+    """What a writer needs: the checkpoint's path (its directory made, 0700), the MAC key and
+    the document (referencing the live objects: pickle it before they change)."""
+    d = state_dir(cfg)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d / CHECKPOINT, checkpoint_key(d), _document(cfg, pipeline, sinks)
+
+
 def save_checkpoint(cfg: Config, pipeline: Pipeline, sinks: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint in this process (blocking)."""
-    d = state_dir(cfg)
-    _make_dir(d)
-    path = d / CHECKPOINT
-    _write(path, checkpoint_key(d), _document(cfg, pipeline, sinks))
+    path, key, doc = _prepare(cfg, pipeline, sinks)
+    _write(path, key, doc)
     return path
-
-
-def _make_dir(d: Path) -> None:
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 class Checkpointer:
@@ -125,7 +127,6 @@ class Checkpointer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.dir = state_dir(cfg)
         self.pid: int | None = None
         self._err_r: int | None = None
         self.written = 0
@@ -142,9 +143,7 @@ class Checkpointer:
         if self.pid is not None and not self.poll():
             self.skipped += 1
             return False
-        _make_dir(self.dir)
-        key = checkpoint_key(self.dir)
-        doc = _document(self.cfg, pipeline, sinks)
+        path, key, doc = _prepare(self.cfg, pipeline, sinks)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: write, report an error on the pipe, never return
@@ -153,7 +152,7 @@ class Checkpointer:
                 os.close(r)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent's stop must not tear the file
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-                _write(self.dir / CHECKPOINT, key, doc)
+                _write(path, key, doc)
             except BaseException as e:  # noqa: BLE001 - everything is reported to the parent
                 code = 1
                 try:
