@@ -18,7 +18,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.config import load  # noqa: E402
 from monitor.ops.checkpoint import CHECKPOINT, load_checkpoint  # noqa: E402
-from tests.support import Collector, ThreadedFeed, start_daemon, write_config  # noqa: E402
+from tests.support import Collector, ThreadedFeed, scrape_metrics, start_daemon, write_config  # noqa: E402
 
 T0 = int(time.time() * 1000)
 
@@ -48,17 +47,6 @@ def frames(accounts: int, backlog: int) -> list[bytes]:
              "bids": [[100 - (j % 500) * 0.01, 2]], "asks": []} for j in range(1000)]))
         seq += 1000
     return out
-
-
-def scrape_accounts(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("perpwatch_accounts "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> None:
@@ -83,7 +71,7 @@ receiver = "never"
 """)
         cfg.write_text(cfg.read_text().replace("[metrics]\nenabled = false", f'[metrics]\nlisten = "127.0.0.1:{port}"'))
         proc = start_daemon(cfg)
-        while scrape_accounts(port) < a.accounts:
+        while scrape_metrics(port).get("perpwatch_accounts", 0) < a.accounts:
             time.sleep(0.5)
         t = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -20,35 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import msgspec
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import Collector, ThreadedFeed  # noqa: E402 (loopback feed and receiver)
+from tests.support import Collector, ThreadedFeed, scrape_metrics  # noqa: E402 (loopback feed, receiver)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name in ("perpwatch_loop_lag_seconds", "perpwatch_store_held_anomalies", "perpwatch_accounts"):
-                out[s.name] = s.value
-            elif s.name in ("perpwatch_events_total", "perpwatch_task_errors_total", "perpwatch_frames_failed_total"):
-                out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -103,9 +88,8 @@ receiver = "hook"
     try:
         while True:
             time.sleep(a.sample)
-            try:
-                m = scrape(metrics_port)
-            except OSError:
+            m = scrape_metrics(metrics_port)
+            if not m:
                 continue
             samples.append((time.time() - start, rss_mb(proc.pid), m))
             w, rss, m = samples[-1]

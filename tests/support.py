@@ -203,3 +203,22 @@ async def correlate_and_handle(engine, anomalies: list, correlator=None) -> list
         changed[inc.id] = inc
     await engine.handle(anomalies, list(changed.values()))
     return list(changed.values())
+
+
+def scrape_metrics(port: int, timeout: float = 5.0) -> dict[str, float]:
+    """A daemon's /metrics on 127.0.0.1, read with prometheus_client's parser: each sample
+    name with its values summed over labels ({} while the endpoint is not up)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
