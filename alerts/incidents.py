@@ -20,32 +20,16 @@ from typing import Any
 import msgspec
 
 from alerts.correlate import Incident
+from monitor.store import connect, count
 
-DDL = """
-CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY,
-    opened_ts INTEGER NOT NULL,
-    last_ts INTEGER NOT NULL,
-    severity TEXT NOT NULL,
-    status TEXT NOT NULL,
-    title TEXT NOT NULL,
-    symbols TEXT NOT NULL,
-    accounts TEXT NOT NULL,
-    timeline TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_last ON incidents (last_ts);
-"""
 _encode = msgspec.json.Encoder().encode
 
 
 class IncidentTable:
+    """The ``incidents`` table (its schema: ``monitor.store.MIGRATIONS``)."""
+
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
-        if readonly:
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self.db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
-            self.db.executescript(DDL)
+        self.db = connect(path, readonly=readonly)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -81,6 +65,10 @@ class IncidentTable:
                 self.db.executemany("UPDATE incidents SET status = 'abandoned', timeline = ?, updated_at = ?"
                                     " WHERE id = ? AND status = 'firing'", rows)
         return [d[0] for d in dead]
+
+    def firing(self) -> int:
+        """How many incidents are stored as firing (for ``status``)."""
+        return count(self.db, self._lock, "SELECT count(*) FROM incidents WHERE status = 'firing'") or 0
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         return [self._row(r) for r in self._query("SELECT * FROM incidents ORDER BY last_ts DESC LIMIT ?", (limit,))]

@@ -16,39 +16,17 @@ it while the POST was in flight, the row stays pending and the newer state goes 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-DDL = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receiver TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    sent_at REAL,
-    last_error TEXT,
-    expired_at REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sent_at, next_attempt_at);
-CREATE INDEX IF NOT EXISTS outbox_incident ON outbox (incident_id);
-CREATE UNIQUE INDEX IF NOT EXISTS outbox_one_pending ON outbox (receiver, incident_id) WHERE sent_at IS NULL;
-"""
-
+from monitor.store import connect, count
 
 class Outbox:
-    def __init__(self, path: str | Path) -> None:
-        self.db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}
-        if columns and "expired_at" not in columns:  # a store made before expiry existed
-            self.db.execute("ALTER TABLE outbox ADD COLUMN expired_at REAL")
-        self.db.executescript(DDL)
+    """The ``outbox`` table (its schema: ``monitor.store.MIGRATIONS``)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.db = connect(path, readonly=readonly)
         self._lock = threading.Lock()
 
     def enqueue(self, receiver: str, incident_id: str, payload: bytes, now: float | None = None) -> None:
@@ -114,8 +92,7 @@ class Outbox:
                             " WHERE id = ?", (retry_at, error[:300], row_id))
 
     def pending(self) -> int:
-        with self._lock:
-            return self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        return count(self.db, self._lock, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") or 0
 
     def oldest_pending_age(self, now: float | None = None) -> float:
         now = time.time() if now is None else now

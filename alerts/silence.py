@@ -8,36 +8,23 @@ matched by some active silence: one unsilenced anomaly is enough to speak.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-
 from alerts.mute import Silence, muted  # noqa: F401 (the pure parts live with the muter)
+from monitor.store import connect
 
 POLL_S = 2.0
-DDL = """
-CREATE TABLE IF NOT EXISTS silences (
-    id TEXT PRIMARY KEY,
-    symbol TEXT,
-    kind TEXT,
-    account TEXT,
-    starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL,
-    comment TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
-);
-"""
 
 
 class SilenceTable:
+    """The ``silences`` table (its schema: ``monitor.store.MIGRATIONS``)."""
+
     def __init__(self, path: str | Path) -> None:
-        self.db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(DDL)
+        self.db = connect(path)
         self._lock = threading.Lock()
 
     def add(self, *, symbol: str | None, kind: str | None, account: str | None, seconds: float,

@@ -275,46 +275,37 @@ def export(
 @app.command()
 def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Sources, lag, open incidents and pending notifications, from the store and /metrics."""
-    import sqlite3
-    import urllib.request
-
     from rich.panel import Panel
+
+    from alerts.incidents import IncidentTable
+    from alerts.outbox import Outbox
+    from monitor.ops.metrics import scrape
 
     cfg = load_config(config)
     path = Path(cfg.store.path)
     report: dict = {"store": str(path), "sources": {}, "metrics": None}
     if path.exists():
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-        def one(sql: str, default=None):
-            try:
-                return db.execute(sql).fetchone()[0]
-            except sqlite3.Error:
-                return default
-
-        report["anomalies_last_hour"] = one(
-            f"SELECT count(*) FROM anomalies WHERE detected_at >= {time.time() - 3600}", 0)
-        report["latest_anomaly_ts"] = one("SELECT max(ts) FROM anomalies")
-        report["open_incidents"] = one("SELECT count(*) FROM incidents WHERE status = 'firing'", 0)
-        report["pending_notifications"] = one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
-        db.close()
+        with user_errors():
+            store = Store.reader(path)
+            report["anomalies_last_hour"] = store.detected_since(time.time() - 3600)
+            report["latest_anomaly_ts"] = store.latest_ts()
+            report["open_incidents"] = IncidentTable(path, readonly=True).firing()
+            report["pending_notifications"] = Outbox(path, readonly=True).pending()
     if cfg.metrics.enabled:
         host, port = config_mod.listen_address(cfg)
+        per_source = {"perpwatch_source_connected": "connected", "perpwatch_source_last_frame_seconds": "last_frame_wall",
+                      "perpwatch_frames_total": "frames"}
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-            report["metrics"] = "up"
-            for line in text.splitlines():
-                for metric, key in (("perpwatch_source_connected", "connected"),
-                                    ("perpwatch_source_last_frame_seconds", "last_frame_wall"),
-                                    ("perpwatch_frames_total", "frames")):
-                    if line.startswith(metric + "{"):
-                        name = line.split('source="', 1)[1].split('"', 1)[0]
-                        report["sources"].setdefault(name, {})[key] = float(line.rsplit(" ", 1)[1])
-                if line.startswith("perpwatch_event_lag_seconds "):
-                    report["event_lag_s"] = float(line.split()[1])
+            samples = scrape(host, port)
         except OSError as e:
             report["metrics"] = f"unreachable ({e.__class__.__name__}): is the daemon running?"
+        else:
+            report["metrics"] = "up"
+            for name, labels, value in samples:
+                if name in per_source and "source" in labels:
+                    report["sources"].setdefault(labels["source"], {})[per_source[name]] = value
+                elif name == "perpwatch_event_lag_seconds" and not labels:
+                    report["event_lag_s"] = value
     if as_json:
         print_json(report)
         return

@@ -1,9 +1,20 @@
-"""The local anomaly store: SQLite in WAL mode.
+"""The SQLite file: its one connect helper, its ordered migrations, and the anomaly table.
 
-One writer (the daemon, from a single worker thread so the event loop never waits on
-disk) and any number of readers (the CLI) that never block it: WAL lets readers see
-the last committed state while the writer goes on. Anomaly ids are content hashes,
-so writing the same anomaly twice (a replay, a restart) is a no-op.
+Every table in the file (``anomalies`` here; ``outbox``, ``incidents`` and ``silences`` in
+``alerts/``) is opened through ``connect``: WAL mode (readers never block the writer nor
+are blocked by it), ``synchronous=NORMAL`` (durable across process crashes), a 5 s busy
+timeout, autocommit (each table class runs its own transactions), and the file created
+0640 before SQLite would create it with the umask. A writable connection first brings the
+file to the newest schema: ``MIGRATIONS`` is one ordered list, and ``PRAGMA user_version``
+in the file says how many of them it has; each step runs in its own transaction, so a
+store written by an older perpwatch is upgraded in place and a crash mid-upgrade leaves a
+consistent version. Read-only connections (the CLI) never migrate: a store of an older
+version is read as it is, and a missing table reads as empty (the daemon may be creating
+the file right now).
+
+The anomaly store has one writer (the daemon, from a single worker thread so the event
+loop never waits on disk) and any number of readers. Anomaly ids are content hashes, so
+writing the same anomaly twice (a replay, a restart) is a no-op.
 
 >>> import tempfile, os
 >>> from monitor.events import Anomaly
@@ -11,8 +22,8 @@ so writing the same anomaly twice (a replay, a restart) is a no-op.
 >>> s = Store(path)
 >>> s.write_anomalies([Anomaly.make("feed_gap", 1_732_400_000_000, 2.0, "warning", symbol="X")])
 1
->>> [a["kind"] for a in Store.reader(path).anomalies()]
-['feed_gap']
+>>> [a["kind"] for a in Store.reader(path).anomalies()], schema_version(path) == len(MIGRATIONS)
+(['feed_gap'], True)
 """
 
 from __future__ import annotations
@@ -22,14 +33,26 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
 from monitor.events import Anomaly
 
-_SCHEMA = [
-    # version 1
+
+def _add_column(table: str, column: str, decl: str) -> Callable[[sqlite3.Connection], None]:
+    """A migration step adding a column (skipped where a store already has it)."""
+    def step(db: sqlite3.Connection) -> None:
+        if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    return step
+
+
+# The schema, in order; never edit a released step, append one. Steps 2-5 use IF NOT EXISTS
+# and column checks: before this list owned them, each table class created its own table,
+# so a store of that time has version 1 and may already hold any of them.
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
+    # 1: anomalies
     """
     CREATE TABLE IF NOT EXISTS anomalies (
         id TEXT PRIMARY KEY,
@@ -47,7 +70,136 @@ _SCHEMA = [
     CREATE INDEX IF NOT EXISTS anomalies_kind_ts ON anomalies (kind, ts);
     CREATE INDEX IF NOT EXISTS anomalies_symbol_ts ON anomalies (symbol, ts);
     """,
+    # 2: the alert outbox (alerts/outbox.py)
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        receiver TEXT NOT NULL,
+        incident_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        sent_at REAL,
+        last_error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sent_at, next_attempt_at);
+    CREATE INDEX IF NOT EXISTS outbox_incident ON outbox (incident_id);
+    CREATE UNIQUE INDEX IF NOT EXISTS outbox_one_pending ON outbox (receiver, incident_id) WHERE sent_at IS NULL;
+    """,
+    # 3: a row given up on (alerts/engine.py's attempt/age policy)
+    _add_column("outbox", "expired_at", "REAL"),
+    # 4: incidents (alerts/incidents.py)
+    """
+    CREATE TABLE IF NOT EXISTS incidents (
+        id TEXT PRIMARY KEY,
+        opened_ts INTEGER NOT NULL,
+        last_ts INTEGER NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        title TEXT NOT NULL,
+        symbols TEXT NOT NULL,
+        accounts TEXT NOT NULL,
+        timeline TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS incidents_last ON incidents (last_ts);
+    """,
+    # 5: silences (alerts/silence.py)
+    """
+    CREATE TABLE IF NOT EXISTS silences (
+        id TEXT PRIMARY KEY,
+        symbol TEXT,
+        kind TEXT,
+        account TEXT,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        comment TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    """,
+    # 6: what `perpwatch status` asks of the outbox and incidents without a scan
+    """
+    CREATE INDEX IF NOT EXISTS incidents_status ON incidents (status);
+    """,
 ]
+
+_MIGRATE_LOCK = threading.Lock()  # table classes of one process open the file one at a time
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or read (path, permissions, not a perpwatch store)."""
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection to the store file (see the module docstring); writable ones are migrated.
+
+    Raises ``StoreError`` naming the path when the file cannot be opened or upgraded."""
+    path = Path(path)
+    try:
+        if readonly:
+            return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=5.0,
+                                   isolation_level=None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
+        db = sqlite3.connect(path, check_same_thread=False, timeout=5.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        with _MIGRATE_LOCK:
+            migrate(db)
+        return db
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open store {str(path)!r}: {e}") from None
+    except OSError as e:
+        raise StoreError(f"cannot open store {str(path)!r}: {e.strerror or e}") from None
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply the steps the file does not have yet, each in its own transaction (the version
+    is re-read inside it: two processes opening one file both end at the newest version).
+    Returns the version. A file newer than this code is refused (never written)."""
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(f"the store has schema version {version}, newer than this perpwatch "
+                                 f"knows ({len(MIGRATIONS)}): upgrade perpwatch")
+            if version == len(MIGRATIONS):
+                db.execute("COMMIT")
+                return version
+            step = MIGRATIONS[version]
+            if callable(step):
+                step(db)
+            else:
+                for statement in filter(str.strip, step.split(";")):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+
+def schema_version(path: str | Path) -> int:
+    """The schema version written in a store file (0: not a perpwatch store yet)."""
+    db = connect(path, readonly=True)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def count(db: sqlite3.Connection, lock: threading.Lock, sql: str, args: tuple = ()) -> Any:
+    """One value of a read query; a table the file does not have yet reads as None."""
+    try:
+        with lock:
+            return db.execute(sql, args).fetchone()[0]
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return None
+        raise
 
 _COLUMNS = ("id", "kind", "symbol", "account", "ts", "score", "severity", "detail")
 _encode = msgspec.json.Encoder().encode
@@ -64,20 +216,7 @@ class Store:
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        try:
-            if readonly:
-                uri = f"file:{self.path}?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                _create_private(self.path)
-                self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0,
-                                          isolation_level=None)
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-                self._migrate()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open store {str(self.path)!r}: {e}") from None
+        self.db = connect(self.path, readonly=readonly)
         self._lock = threading.Lock()
 
     @classmethod
@@ -86,16 +225,6 @@ class Store:
         if not Path(path).exists():
             raise StoreError(f"no store at {str(path)!r} (has the daemon run with this config?)")
         return cls(path, readonly=True)
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, ddl in enumerate(_SCHEMA[version:], start=version + 1):
-            self.db.executescript(f"BEGIN; {ddl}; PRAGMA user_version={i}; COMMIT;")
-
-    def extend_schema(self, name: str, ddl: str) -> None:
-        """Idempotent DDL for tables owned by other modules (alerts, ops)."""
-        with self._lock:
-            self.db.executescript(ddl)
 
     def close(self) -> None:
         with self._lock:
@@ -174,6 +303,14 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
         return [_row(r) for r in rows]
+
+    def detected_since(self, since: float) -> int:
+        """How many anomalies were stored at or after wall time ``since`` (for ``status``)."""
+        return count(self.db, self._lock, "SELECT count(*) FROM anomalies WHERE detected_at >= ?", (since,)) or 0
+
+    def latest_ts(self) -> int | None:
+        """The event time of the newest anomaly (None: none yet)."""
+        return count(self.db, self._lock, "SELECT max(ts) FROM anomalies")
 
     def purge_anomalies(self, older_than_ms: int) -> int:
         """Delete anomalies whose event time is older than the cutoff (retention)."""

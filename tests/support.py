@@ -206,19 +206,15 @@ async def correlate_and_handle(engine, anomalies: list, correlator=None) -> list
 
 
 def scrape_metrics(port: int, timeout: float = 5.0) -> dict[str, float]:
-    """A daemon's /metrics on 127.0.0.1, read with prometheus_client's parser: each sample
-    name with its values summed over labels ({} while the endpoint is not up)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
+    """A daemon's /metrics on 127.0.0.1 (``monitor.ops.metrics.scrape``, prometheus_client's
+    parser): each sample name with its values summed over labels ({} while not up)."""
+    from monitor.ops.metrics import scrape
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-            text = r.read().decode()
+        samples = scrape("127.0.0.1", port, timeout)
     except OSError:
         return {}
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    for name, _, value in samples:
+        out[name] = out.get(name, 0.0) + value
     return out

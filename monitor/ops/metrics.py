@@ -15,6 +15,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from monitor.logs import RateLimitedSamples
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 
 log = structlog.get_logger("perpwatch.metrics")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -177,6 +178,16 @@ class DaemonCollector:
                                           "Notifications given up at the attempt/age limit.")
             expired.add_metric([], s.get("expired", 0))
             yield from (errors, expired)
+
+
+def scrape(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, dict[str, str], float]]:
+    """A running daemon's /metrics as (sample name, labels, value), read with
+    prometheus_client's own parser. Raises OSError when the endpoint is not reachable."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
 def serve(daemon, host: str, port: int) -> ThreadingHTTPServer | None:
