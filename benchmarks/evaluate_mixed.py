@@ -22,7 +22,7 @@ import msgspec
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectors import build_detectors  # noqa: E402
-from monitor.cli import print_evaluation, print_json  # noqa: E402
+from monitor.app.cli import print_evaluation, print_json  # noqa: E402
 from monitor.codecs.native import NativeCodec  # noqa: E402
 from monitor.simulate.evaluate import evaluate  # noqa: E402
 from monitor.pipeline import Pipeline  # noqa: E402

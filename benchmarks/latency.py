@@ -134,7 +134,7 @@ url = "http://127.0.0.1:{httpd.server_address[1]}/hook"
 receiver = "hook"
 group_wait = "0s"
 """)
-        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.app.cli", "run", "--config", str(cfg)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(args.seconds + 5)
         proc.send_signal(signal.SIGTERM)

@@ -50,7 +50,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pw-soak-"))
     rec = tmp / "mixed.jsonl"
     t = time.time()
-    subprocess.run([sys.executable, "-m", "monitor.cli", "simulate", "--scenario", "mixed", "--speed", "0",
+    subprocess.run([sys.executable, "-m", "monitor.app.cli", "simulate", "--scenario", "mixed", "--speed", "0",
                     "--seconds", str(a.seconds), "--accounts", str(a.accounts), "--record", str(rec)],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     frames = rec.read_bytes().splitlines()
@@ -81,7 +81,7 @@ url = "{hook.url}"
 [[alerts.routes]]
 receiver = "hook"
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.app.cli", "run", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples: list[tuple[float, float, dict]] = []
     start = time.time()

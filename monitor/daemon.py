@@ -34,7 +34,7 @@ from monitor.ops import metrics
 from monitor.ops.metrics import LAG_BUCKETS
 from monitor.ops.checkpoint import Checkpointer, load_checkpoint, sink_snapshots, state_dir
 from monitor.ops.jobs import Jobs
-from monitor.ops.notify import SdNotifier
+from monitor.ops.systemd import SdNotifier
 from monitor.pipeline import Pipeline, build_pipeline, tune_gc  # noqa: F401 (build_pipeline: re-exported)
 from monitor.sources import SourceStatus, run_websocket
 from monitor.store import Store
@@ -52,10 +52,6 @@ class AnomalySink(Protocol):
     async def handle(self, anomalies: list[Anomaly], incidents: list[Incident]) -> None: ...
 
     async def drain(self, deadline: float) -> None: ...
-
-
-def make_codec(src: SourceConfig) -> Codec:
-    return make_session(src).codec
 
 
 SPILL = "spill.jsonl"

@@ -201,13 +201,10 @@ def count(db: sqlite3.Connection, lock: threading.Lock, sql: str, args: tuple = 
             return None
         raise
 
+
 _COLUMNS = ("id", "kind", "symbol", "account", "ts", "score", "severity", "detail")
 _encode = msgspec.json.Encoder().encode
 _decode_detail = msgspec.json.Decoder(dict[str, Any]).decode
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or read (path, permissions, not a perpwatch store)."""
 
 
 class Store:

@@ -17,10 +17,9 @@ import httpx
 import msgspec
 import structlog
 
-from monitor.codecs import Codec
+from monitor.codecs.formats import codec_for
 from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.bybit_v5 import BybitV5Codec
-from monitor.codecs.native import NativeCodec
 from monitor.config import SourceConfig
 from monitor.sources import Session, describe  # Session: the native protocol's, the base of the venues'
 
@@ -130,13 +129,14 @@ class BybitSession(Session):
 
 
 def make_session(cfg: SourceConfig) -> Session:
-    if cfg.format == "perpwatch":
-        return Session(cfg, NativeCodec())
+    """The session of a source: its venue's connect/subscribe/snapshot protocol around the
+    codec of its format (``monitor.codecs.codec_for``)."""
+    codec = codec_for(cfg.format)
     if cfg.format == "binance-usdm":
-        return BinanceSession(cfg, BinanceUsdmCodec())
+        return BinanceSession(cfg, codec)
     if cfg.format == "bybit-v5":
-        return BybitSession(cfg, BybitV5Codec())
-    raise ValueError(f"unknown format {cfg.format!r}")
+        return BybitSession(cfg, codec)
+    return Session(cfg, codec)
 
 
 async def _read_capped(r: httpx.Response, limit: int) -> bytes | None:

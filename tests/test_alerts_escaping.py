@@ -21,7 +21,7 @@ from alerts.engine import AlertEngine
 from alerts.incidents import IncidentTable
 from alerts.notify.slack import blocks
 from monitor import logs
-from monitor.cli import app
+from monitor.app.cli import app
 from monitor.config import parse
 from monitor.events import Anomaly
 from monitor.store import Store

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.support import (T0, TIMEOUT, Collector, ThreadedFeed, frame, perpwatch, run_until, start_daemon, stop_daemon,
+from tests.support import (T0, TIMEOUT, Collector, ThreadedFeed, frame, perpwatch, run_until, start_daemon,
                            wait_for, write_config)
 
 pytestmark = pytest.mark.e2e

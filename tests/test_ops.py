@@ -116,7 +116,7 @@ def test_checkpoint_survives_a_restart(tmp_path):
         try:
             wait_for(lambda: (tmp_path / "pw.db").exists(), "the store")
             wait_for(lambda: b'"feed_gap"' in subprocess.run(
-                [sys.executable, "-m", "monitor.cli", "anomalies", "--config", str(cfg), "--json"],
+                [sys.executable, "-m", "monitor.app.cli", "anomalies", "--config", str(cfg), "--json"],
                 capture_output=True, cwd=ROOT).stdout, "the feed_gap")
         finally:
             code, _, err = stop_daemon(proc)

@@ -106,3 +106,4 @@ class Codec(Protocol):
     stats: DecodeStats
 
     def decode(self, frame: bytes | str) -> list[Event]: ...
+

@@ -23,14 +23,13 @@ from rich.table import Table
 
 from monitor import config as config_mod
 from monitor.config import Config, ConfigError, Duration
-from monitor.render import fmt_ts, safe, sev_cell, summarize_detail
+from monitor.app.render import fmt_ts, safe, sev_cell, summarize_detail
 from monitor.store import Store, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="perpwatch: early warning for perpetual-futures exchanges.")
 err = Console(stderr=True, soft_wrap=True)
 
-FORMATS = ("perpwatch", "binance-usdm", "bybit-v5")
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]perpwatch:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
@@ -70,11 +69,12 @@ ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file.", exists
 def check_config(file: Path = typer.Argument(..., help="TOML config file.")) -> None:
     """Validate a config file without running (exit 2 names the bad key)."""
     cfg = load_config(file)
-    from monitor.daemon import build_pipeline, make_codec
+    from monitor.pipeline import build_pipeline
+    from monitor.venues import make_session
 
     with user_errors():
         for s in cfg.sources:
-            make_codec(s)
+            make_session(s)
         build_pipeline(cfg)
         for i, r in enumerate(cfg.alerts.receivers):
             config_mod.receiver_url(r, i)
@@ -110,8 +110,8 @@ def replay(
 ) -> None:
     """Replay a recording through the same pipeline, as fast as the CPU allows."""
     cfg = load_config(config)
-    from monitor.daemon import build_pipeline, make_codec
-    from monitor.pipeline import tune_gc
+    from monitor.codecs.formats import FORMATS, codec_for
+    from monitor.pipeline import build_pipeline, tune_gc
     from monitor.sources import read_recording
 
     if not file.exists():
@@ -120,8 +120,7 @@ def replay(
     if fmt not in FORMATS:
         raise fail(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})", 2)
     with user_errors():
-        codec = make_codec(config_mod.SourceConfig(name="replay", url="ws://replay.invalid/", format=fmt,
-                                                   symbols=["*"]))
+        codec = codec_for(fmt)
         pipeline = build_pipeline(cfg)
         store = Store(cfg.store.path)
         from alerts.incidents import IncidentTable
@@ -385,7 +384,7 @@ def demo(
     workdir: Optional[Path] = typer.Option(None, "--dir", help="Where the demo store goes (default: a temp dir)."),
 ) -> None:
     """Run the built-in exchange simulator and the daemon against it, on 127.0.0.1."""
-    from monitor.demo import run_demo
+    from monitor.app.demo import run_demo
     from monitor.simulate.scenarios import SCENARIOS
 
     if scenario not in SCENARIOS:

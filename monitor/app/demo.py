@@ -72,7 +72,7 @@ class ConsoleSink:
         return None
 
     def table(self) -> Table:
-        from monitor.render import fmt_ts, summarize_detail
+        from monitor.app.render import fmt_ts, summarize_detail
 
         t = Table(expand=True, title="anomalies by kind and symbol, latest first (event time)", title_justify="left")
         for col, kw in (("last", {"no_wrap": True}), ("worst", {}), ("kind", {}), ("symbol", {}), ("count", {}),

@@ -1,0 +1,1 @@
+"""The app floor: the command line, the demo and what they render (tables, summaries)."""
