@@ -19,11 +19,11 @@ independent: each has its own delivery task reading only its own due rows, its o
 limit and its own backoff, so a receiver that hangs until its ``timeout`` (5 s by
 default) or is down never delays another's notifications.
 
-Failures cost the row or the pass, never the task: an exception in one iteration (the
-store locked or failing, a notifier bug) is counted in ``errors`` by task (shown in
+Failures cost the row or the pass, never the task: every task runs under the daemon's
+one supervisor (``monitor.ops.supervise``): an exception in one iteration (the store
+locked or failing, a notifier bug) is counted in ``errors`` by task (shown in
 ``status()``), logged with a masked sample at most once a minute per task and kind, and
-the task goes on after a short backoff (``ERROR_BACKOFF_S`` doubling up to
-``ERROR_BACKOFF_MAX_S``). Nothing is lost: a row stays pending until it is marked sent;
+the task goes on after a short backoff (0.1 s doubling up to 5 s). Nothing is lost: a row stays pending until it is marked sent;
 a row delivered but not yet marked (the store was locked) is marked before anything else
 is sent to that receiver; a route's timer advances only once its notification is in the
 outbox.
@@ -56,7 +56,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import structlog
@@ -72,14 +72,13 @@ from alerts.mute import Muter
 from alerts.silence import POLL_S, SilenceTable
 from monitor.config import Config, ReceiverConfig, receiver_url, resolve_secret
 from monitor.events import Anomaly
-from monitor.logs import RateLimitedSamples
+from monitor.ops.supervise import Stopped, Supervisor
 
 log = structlog.get_logger("perpwatch.alerts")
 _encode = msgspec.json.Encoder().encode
 BACKOFF_CAP_S = 300.0
 MAX_ATTEMPTS = 500  # failed attempts of one row before it expires (~a day at the backoff cap)
 MAX_AGE_S = 24 * 3600.0  # a row first queued longer ago than this expires at its next failure
-ERROR_BACKOFF_S, ERROR_BACKOFF_MAX_S = 0.1, 5.0  # a task's pause after a failed iteration
 ORPHAN_SWEEP_S = 60.0  # rows of receivers no longer configured: looked at this often
 
 
@@ -105,10 +104,6 @@ def payload(inc: Incident) -> bytes:
         "accounts": sorted(inc.accounts),
         "anomalies": [msgspec.structs.asdict(a) for a in inc.anomalies],
     })
-
-
-class _Stopped(Exception):
-    """A delivery task's drain is over."""
 
 
 class AlertEngine:
@@ -139,9 +134,8 @@ class AlertEngine:
         self.sent = 0
         self.failed = 0
         self.expired = 0
-        self.errors: Counter[str] = Counter()  # failed iterations by task (deliver:<receiver>, timers, handle)
-        self.last_error: dict[str, str] = {}  # task -> masked sample of its latest error
-        self._samples = RateLimitedSamples(per_minute=1)
+        # failed iterations by task (deliver:<receiver>, timers, handle, start, drain) and their samples
+        self.supervisor = Supervisor()
         self._outbox_counts: tuple[int, float] = (0, 0.0)  # (pending, oldest age s), refreshed by the timers
         self._unmarked: dict[str, tuple[int, bytes]] = {}  # receiver -> row delivered, not yet marked sent
         self._orphans_checked = 0.0
@@ -152,9 +146,12 @@ class AlertEngine:
             await asyncio.to_thread(self._settle_restart)
         except Exception as e:  # the store is failing: the next start settles it
             self._error("start", e)
-        self._delivery = {name: asyncio.create_task(self._supervise(f"deliver:{name}", self._deliver_step, name),
-                                                    name=f"alerts:deliver:{name}") for name in self.notifiers}
-        self._tasks = [asyncio.create_task(self._supervise("timers", self._timers_step), name="alerts:timers")]
+        run, stop_at = self.supervisor.run, lambda: self._stop_at
+        self._delivery = {name: asyncio.create_task(run(f"deliver:{name}", self._deliver_step, name, repeat=True,
+                                                        stop_at=stop_at), name=f"alerts:deliver:{name}")
+                          for name in self.notifiers}
+        self._tasks = [asyncio.create_task(run("timers", self._timers_step, repeat=True, stop_at=stop_at),
+                                           name="alerts:timers")]
 
     async def handle(self, anomalies: list[Anomaly], incidents: list[Incident] = ()) -> None:
         """Stored anomalies and the incidents they changed (opened, grown, resolved, merged):
@@ -253,35 +250,16 @@ class AlertEngine:
             log.info("route_timers_reconciled", count=reconciled, note="bodies already in the outbox are not re-sent")
 
     # -- supervision ------------------------------------------------------------------------
-    async def _supervise(self, task: str, step: Callable[..., Any], *args: Any) -> None:
-        """Run ``step`` forever; a failed iteration is counted, logged (sampled) and retried
-        after a backoff that doubles while it keeps failing."""
-        failures = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await step(*args)
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except _Stopped:
-                return
-            except Exception as e:
-                failures += 1
-                self._error(task, e)
-                pause = min(ERROR_BACKOFF_MAX_S, ERROR_BACKOFF_S * 2 ** min(failures - 1, 16))
-                if self._stop_at is not None:
-                    if loop.time() + pause >= self._stop_at:
-                        return
-                await asyncio.sleep(pause)
+    @property
+    def errors(self) -> Counter[str]:
+        return self.supervisor.errors
+
+    @property
+    def last_error(self) -> dict[str, str]:
+        return self.supervisor.last_error
 
     def _error(self, task: str, e: BaseException) -> None:
-        self.errors[task] += 1
-        sample = mask(f"{type(e).__name__}: {e}", 200)
-        self.last_error[task] = sample
-        if self._samples.allow(f"{task}:{type(e).__name__}"):
-            log.error("alerts_task_error", task=task, error=sample, errors_total=self.errors[task],
-                      note="counted; the task goes on after a backoff, nothing is dropped")
+        self.supervisor.failed(task, e)
 
     # -- routing ----------------------------------------------------------------------------
     async def _route(self, now: float | None = None, closed: list[Incident] = ()) -> None:
@@ -377,7 +355,7 @@ class AlertEngine:
         if self._stop_at is not None:  # draining: until nothing is due or the deadline
             if asyncio.get_running_loop().time() >= self._stop_at or \
                     await self._deliver_due(receiver, self._stop_at) == 0:
-                raise _Stopped
+                raise Stopped
             return
         n = await self._deliver_due(receiver)
         if n == 0:

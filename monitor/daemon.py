@@ -34,6 +34,7 @@ from monitor.ops import metrics
 from monitor.ops.metrics import LAG_BUCKETS
 from monitor.ops.checkpoint import Checkpointer, load_checkpoint, sink_snapshots, state_dir
 from monitor.ops.jobs import Jobs
+from monitor.ops.supervise import Supervisor
 from monitor.ops.systemd import SdNotifier
 from monitor.pipeline import Pipeline, build_pipeline, tune_gc  # noqa: F401 (build_pipeline: re-exported)
 from monitor.sources import SourceStatus, run_websocket
@@ -101,7 +102,7 @@ class Daemon:
         self.frames_unprocessed = 0  # frames still queued when the stop's budget ran out
         self.held = Held(cfg.store.max_held, state_dir(cfg) / SPILL)
         self.frames_failed: Counter[str] = Counter()  # frames whose handling raised, by source
-        self.task_errors: Counter[str] = Counter()  # failed iterations of supervised tasks, by task
+        self.supervisor = Supervisor(per_minute=1)  # failed iterations of supervised tasks, by task
         self._stop = asyncio.Event()
         self._draining = asyncio.Event()
         self._wake_flusher = asyncio.Event()
@@ -121,7 +122,7 @@ class Daemon:
         try:
             await loop.run_in_executor(self._writer, self._abandon_dead_incidents)
         except Exception as e:  # a failing store: the next start settles it
-            self._task_failed("abandon_incidents", e)
+            self.supervisor.failed("abandon_incidents", e)
         for sink in self.sinks:
             start = getattr(sink, "start", None)
             if start is not None:
@@ -130,7 +131,7 @@ class Daemon:
         if self.cfg.metrics.enabled:
             host, port = listen_address(self.cfg)
             self._metrics = await asyncio.to_thread(metrics.serve, self, host, port)
-        sup = self._supervised
+        sup = self.supervisor.run
         sources = [asyncio.create_task(sup(f"source:{s.name}", lambda s=s: self._source(s)), name=f"source:{s.name}")
                    for s in self.cfg.sources]
         processor = asyncio.create_task(sup("processor", self._process_forever), name="processor")
@@ -189,12 +190,12 @@ class Daemon:
         try:
             self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
         except Exception as e:
-            self._task_failed("flush", e)
+            self.supervisor.failed("flush", e)
         store_until = deadline - budget * 0.3
         try:
             await asyncio.wait_for(self._flush(), max(0.05, store_until - loop.time()))
         except (TimeoutError, Exception) as e:
-            self._task_failed("final_flush", e)
+            self.supervisor.failed("final_flush", e)
         self.held.add(self._pending)
         self._pending = []
         if self.held.queue:
@@ -208,11 +209,11 @@ class Daemon:
             except TimeoutError:
                 log.warning("sink_drain_timeout", sink=type(sink).__name__)
             except Exception as e:
-                self._task_failed(f"sink:{type(sink).__name__}", e)
+                self.supervisor.failed(f"sink:{type(sink).__name__}", e)
         try:
             await asyncio.wait_for(self._store_incidents(), max(0.05, deadline - budget * 0.25 - loop.time()))
         except (TimeoutError, Exception) as e:
-            self._task_failed("final_incidents", e)
+            self.supervisor.failed("final_incidents", e)
 
         def close_all() -> None:
             self.incidents.close()
@@ -222,7 +223,7 @@ class Daemon:
         try:
             await asyncio.wait_for(close, max(0.05, deadline - budget * 0.15 - loop.time()))
         except (TimeoutError, Exception) as e:
-            self._task_failed("store_close", e)
+            self.supervisor.failed("store_close", e)
         self._writer.shutdown(wait=False)
         log.info("stopped", anomalies=self.anomalies_total, events=sum(self.pipeline.counts.values()))
 
@@ -241,7 +242,7 @@ class Daemon:
         try:
             c.start(self.pipeline, sink_snapshots(self.sinks))
         except Exception as e:
-            self._task_failed("checkpoint", e)
+            self.supervisor.failed("checkpoint", e)
             return
         while not c.poll() and loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -282,7 +283,7 @@ class Daemon:
             try:
                 self._advance_stalled()
             except Exception as e:  # a detector bug on a wall-driven tick costs that tick
-                self._task_failed("stall_ticks", e)
+                self.supervisor.failed("stall_ticks", e)
             if watchdog is not None and now - last_ping >= min(watchdog, 5.0):
                 self.notifier.notify(WATCHDOG=1)
                 last_ping = now
@@ -315,7 +316,7 @@ class Daemon:
                     try:
                         self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
                     except Exception as e:
-                        self._task_failed("detector_flush", e)
+                        self.supervisor.failed("detector_flush", e)
                     continue
             else:
                 name, frame = queue.get_nowait()
@@ -386,36 +387,8 @@ class Daemon:
                 await self._flush()
                 self._log_drops()
             except Exception as e:  # a bug, not a store fault (those are handled in _flush)
-                self._task_failed("flusher", e)
+                self.supervisor.failed("flusher", e)
                 await asyncio.sleep(1.0)
-
-    async def _supervised(self, name: str, run) -> None:
-        """Run a task forever: an exception (a bug: faults are handled inside each task) is
-        counted and logged with its traceback once per minute, and the task restarts after a
-        capped backoff. Only the stop ends it."""
-        failures = 0
-        while True:
-            try:
-                await run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                failures += 1
-                self._task_failed(name, e, traceback=True)
-                await asyncio.sleep(min(5.0, 0.05 * 2 ** failures))
-
-    def _task_failed(self, task: str, e: BaseException, traceback: bool = False) -> None:
-        self.task_errors[task] += 1
-        if self._samples.allow(f"task:{task}"):
-            where = None
-            if traceback and e.__traceback__ is not None:
-                import traceback as tb
-
-                f = tb.extract_tb(e.__traceback__)[-1]
-                where = f"{f.filename}:{f.lineno} in {f.name}"
-            log.error("task_error", task=task, error=f"{type(e).__name__}: {e}"[:300], errors=self.task_errors[task],
-                      where=where)
 
     async def _flush(self) -> None:
         """Held anomalies to the store (oldest first, one transaction per batch), then the
@@ -453,7 +426,7 @@ class Daemon:
                 try:
                     await sink.handle(stored, incidents)
                 except Exception as e:
-                    self._task_failed(f"sink:{type(sink).__name__}", e)
+                    self.supervisor.failed(f"sink:{type(sink).__name__}", e)
         if self.held.healthy and not self.held.queue and self.held.has_spill():
             try:
                 n = await loop.run_in_executor(self._writer, self.store.import_spill, self.held.spill_path)
@@ -474,7 +447,7 @@ class Daemon:
         try:
             await asyncio.get_running_loop().run_in_executor(self._writer, self.incidents.write_rows, rows)
         except Exception as e:
-            self._task_failed("store_incidents", e)
+            self.supervisor.failed("store_incidents", e)
             return []
         for inc, (version, status) in zip(incs, seen):
             if self._incidents.get(inc.id) is inc and (inc.version, inc.status) == (version, status):

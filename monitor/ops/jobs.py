@@ -50,7 +50,7 @@ class Jobs:
         try:
             await self._retention()
         except Exception as e:  # a locked or full store: the next run tries again
-            self.d._task_failed("retention", e)
+            self.d.supervisor.failed("retention", e)
 
     async def _retention(self) -> None:
         import asyncio
@@ -70,7 +70,7 @@ class Jobs:
         try:
             started = c.start(self.d.pipeline, sink_snapshots(self.d.sinks))
         except Exception as e:  # e.g. fork refused (memory), state dir unwritable
-            self.d._task_failed("checkpoint", e)
+            self.d.supervisor.failed("checkpoint", e)
             return
         if not started:
             log.warning("checkpoint_skipped", reason="the previous checkpoint is still being written",

@@ -96,7 +96,7 @@ class DaemonCollector:
             failed.add_metric([name], n)
         task_errors = CounterMetricFamily("perpwatch_task_errors", "Failed iterations of supervised tasks, by task.",
                                           labels=["task"])
-        for name, n in d.task_errors.items():
+        for name, n in d.supervisor.errors.items():
             task_errors.add_metric([name], n)
         yield from (failed, task_errors)
         h = d.held
