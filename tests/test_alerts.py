@@ -10,7 +10,7 @@ import msgspec
 from slack_sdk.models.blocks import Block
 
 from alerts.correlate import Correlator
-from alerts.engine import payload
+from alerts.dispatch import payload
 from alerts.notify.slack import blocks
 from alerts.notify.webhook import WebhookNotifier, sign
 from alerts.outbox import Outbox
@@ -112,6 +112,31 @@ def test_route_matching_and_timers():
     assert decide(r, st, 2, 30.0) is None and decide(r, st, 2, 70.0) == "update"
     st.last_sent, st.sent_version = 70.0, 2
     assert decide(r, st, 2, 3000.0) is None and decide(r, st, 2, 3670.0) == "repeat"
+
+
+def test_dispatch_plans_without_io_and_moves_timers_only_on_commit():
+    """mute -> match -> timers -> payload as data: a plan the outbox never took is decided
+    again at the next pass; once committed, the route waits for its repeat interval; a
+    silenced incident is reported muted once per reason; closed incidents lose their timers."""
+    from alerts.dispatch import Dispatcher
+    from alerts.mute import Muter, Silence
+
+    routes = cfg('[[alerts.routes]]\nreceiver="r"\ngroup_wait="0s"\nrepeat_interval="1h"\n'
+                 '[[alerts.routes]]\nreceiver="r"\nmin_severity="info"\n').alerts.routes
+    c = Correlator()
+    inc, _ = c.add(anomaly("feed_gap", T0, "BTC-PERP"), None)
+    d = Dispatcher(routes, Muter())
+    first = d.plan([inc], now=100.0)
+    assert [(r, i) for r, i, _ in first.batch] == [("r", inc.id)]  # the first matching route only
+    assert json.loads(first.batch[0][2])["incident_id"] == inc.id
+    assert [(r, i) for r, i, _ in d.plan([inc], now=101.0).batch] == [("r", inc.id)]  # not committed: again
+    d.commit(first, now=101.0)
+    assert d.plan([inc], now=102.0).batch == []
+    d.muter.silences = [Silence("s1", "BTC-*", None, None, 0.0, 1e12, "maint")]
+    assert d.plan([inc], now=103.0).newly_muted == [(inc.id, "silenced")]
+    assert d.plan([inc], now=104.0).newly_muted == []  # the same reason is said once
+    d.plan([], now=105.0)
+    assert d.route_state == {} and d.quiet == {}
 
 
 def test_outbox_collapses_pending_per_incident_and_survives_reopen(tmp_path):

@@ -68,7 +68,7 @@ def test_slack_texts_escape_everything_from_the_data(symbol, account, title, kin
 
 
 def test_slack_message_of_a_real_incident_escapes_the_symbol():
-    from alerts.engine import payload
+    from alerts.dispatch import payload
     c = Correlator()
     inc, _ = c.add(Anomaly.make("feed_gap", T0, 1.0, "warning", symbol="<!channel>"), None)
     message = json.dumps(blocks(json.loads(payload(inc))))
@@ -118,7 +118,7 @@ SECRET = "s3cr3tT0k3nXYZ"
 
 
 class Recorder:
-    """Stands in for the engine's structlog logger."""
+    """Stands in for the alert stages' structlog loggers."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, dict]] = []
@@ -131,10 +131,13 @@ def test_a_failing_slack_receiver_never_shows_its_url(tmp_path, monkeypatch):
     """The Slack URL (from url_env) is the credential: httpx errors that quote it, a notifier
     bug that quotes it, and HTTP errors leave no trace of its path in logs, status() or
     the outbox's last_error."""
+    import alerts.deliver
     import alerts.engine
+    import monitor.ops.supervise
 
     rec = Recorder()
-    monkeypatch.setattr(alerts.engine, "log", rec)
+    for module in (alerts.engine, alerts.deliver, monitor.ops.supervise):
+        monkeypatch.setattr(module, "log", rec)
     with Collector([500] * 1000) as hook:
         url = hook.url.replace("/hook", f"/services/T0AAAA/B0BBBB/{SECRET}")
         monkeypatch.setenv("PERPWATCH_TEST_SLACK_URL", url)
