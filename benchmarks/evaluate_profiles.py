@@ -7,7 +7,8 @@ Each profile (``monitor.simulate.scenarios.Profile.draw(seed)``: book depth and 
 symbol, leverage mixes, re-published positions, calm bursts, numbers or decimal strings,
 clusters and cohorts forming over 30-300 s, cluster size against depth) plays every stress
 kind once after the warm-up. Its stream is recorded to a temporary file, replayed from it
-through the pure pipeline with every detector on its defaults, and scored by
+through the pure pipeline a config with no settings gets (every detector on its defaults and the
+correlator, so cascade_risk counts), and scored by
 ``monitor.simulate.evaluate`` (strict: see its docstring). One row per profile, then the
 WORST case per metric over the profiles: recall per kind, cascade lead before the first
 forced liquidation (and how many cascades were warned >= 120 s ahead), false alerts (and
@@ -43,15 +44,13 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detectors import build_detectors  # noqa: E402
 from monitor.codecs.binance_usdm import BinanceUsdmCodec  # noqa: E402
 from monitor.codecs.native import NativeCodec  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
+from monitor.pipeline import build_pipeline  # noqa: E402
 from monitor.simulate.evaluate import evaluate  # noqa: E402
 from monitor.simulate.scenarios import PROFILE_KINDS, Profile, build_profile  # noqa: E402
 from monitor.simulate.server import record_market  # noqa: E402
 from monitor.sources import read_recording  # noqa: E402
-from monitor.state import MarketState  # noqa: E402
 
 KINDS = tuple(k for k in PROFILE_KINDS if k != "benign_surge")
 LEAD_TARGET_S = 120.0
@@ -67,7 +66,7 @@ def run_profile(seed: int, seconds: float, accounts: int, workdir: str | None = 
         t0 = time.perf_counter()
         record_market(market, seconds, path)
         gen_s = time.perf_counter() - t0
-        pipeline, codec = Pipeline(MarketState(), build_detectors({}), tick_ms=250), NativeCodec()
+        pipeline, codec = build_pipeline(), NativeCodec()
         t0 = time.perf_counter()
         found = pipeline.run_frames(read_recording(path), codec)
         replay_s = time.perf_counter() - t0
@@ -197,7 +196,7 @@ def real_recordings() -> list[dict]:
         if not path.exists():
             rows.append({"recording": str(path), "replayed": False, "why": "absent"})
             continue
-        pipeline, codec = Pipeline(MarketState(), build_detectors({}), tick_ms=250), FirstDiffSnapshots()
+        pipeline, codec = build_pipeline(), FirstDiffSnapshots()
         found = pipeline.run_frames(frames(path), codec)
         hours = (pipeline.clock.now - pipeline.clock.first) / 3.6e6
         kinds = Counter(a.kind for a in found)

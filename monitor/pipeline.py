@@ -23,6 +23,7 @@ from detectors import build_detectors
 from detectors.base import Detector
 from monitor.codecs import Codec
 from monitor.config import Config, ConfigError
+from monitor.config import parse as parse_config
 from monitor.events import EVENT_TYPES, Anomaly, Event
 from monitor.state import EventClock, ExposureGraph, MarketState
 
@@ -213,9 +214,12 @@ def load_config(path) -> Config:
     return cfg
 
 
-def build_pipeline(cfg: Config) -> Pipeline:
+def build_pipeline(cfg: Config | None = None) -> Pipeline:
     """The pipeline a config describes: detectors, state bounds, exposure graph, correlator.
-    The daemon, ``replay`` and ``evaluate --config`` all build it here."""
+    The daemon, ``replay``, ``evaluate`` and the benchmarks all build it here; with no config,
+    the one a config that sets nothing gets (every default, correlator included)."""
+    if cfg is None:
+        cfg = parse_config('[store]\npath = "perpwatch.db"\n')
     detectors = validated_detectors(cfg)
     x, a = cfg.alerts.exposure, cfg.alerts
     graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())

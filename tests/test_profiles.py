@@ -14,12 +14,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from detectors import build_detectors
 from monitor.codecs.native import NativeCodec
-from monitor.pipeline import Pipeline
+from monitor.pipeline import build_pipeline
 from monitor.simulate.evaluate import evaluate
 from monitor.simulate.scenarios import Profile, build_profile, play
-from monitor.state import MarketState
 
 SHORT = [  # seed, stress kinds, event seconds
     (105, ("cascade",), 540),
@@ -35,7 +33,7 @@ def short_profile(seed: int) -> Profile:
 
 def score(seed: int, kinds: tuple[str, ...], seconds: float) -> dict:
     market, labels = build_profile(short_profile(seed), seconds=seconds, accounts=300, kinds=kinds)
-    pipeline = Pipeline(MarketState(), build_detectors({}), tick_ms=250)
+    pipeline = build_pipeline()  # every default, the correlator included (cascade_risk counts)
     found = pipeline.run_frames((msgspec.json.encode(b) for b in play(market, seconds)), NativeCodec())
     report = evaluate([msgspec.structs.asdict(a) for a in found], labels, pipeline.clock.first, pipeline.clock.now)
     report["stress_kinds"] = sorted({lb.kind for lb in labels if lb.kind != "calm_burst"})

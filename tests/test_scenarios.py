@@ -143,3 +143,20 @@ def test_cohort_counts_only_as_a_symbol_level_anomaly_and_benign_windows_explain
     r = evaluate(cohort, labels, 0, 3_600_000)
     assert r["per_kind"][0]["recall"] == 1.0
     assert r["false_alerts"] == 2 and r["false_incidents"] == 1 and r["calm_burst_alerts"] == 2
+
+
+def test_evaluate_without_a_config_runs_the_daemons_pipeline_correlator_included(tmp_path):
+    """`perpwatch evaluate` with no --config scores what the daemon would have said: the
+    default pipeline with its correlator, so a cascade's cascade_risk is produced and counts."""
+    import json
+
+    from tests.support import perpwatch
+
+    rec = tmp_path / "c.jsonl"
+    r = perpwatch("simulate", "--scenario", "cascade", "--speed", "0", "--record", str(rec), "--seconds", "400")
+    assert r.returncode == 0, r.stderr
+    r = perpwatch("evaluate", str(rec), "--labels", f"{rec}.labels.json", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["anomalies_by_kind"].get("cascade_risk", 0) >= 1
+    assert {k["kind"]: k["recall"] for k in report["per_kind"]} == {"cascade": 1.0}

@@ -455,13 +455,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Replay a labelled recording and score it strictly: recall, false alerts, cascade lead times."""
-    from detectors import build_detectors
     from monitor.codecs.native import NativeCodec
+    from monitor.pipeline import build_pipeline, tune_gc
     from monitor.simulate.evaluate import evaluate as run_evaluation
-    from monitor.pipeline import Pipeline, tune_gc
     from monitor.simulate.scenarios import Label
     from monitor.sources import read_recording
-    from monitor.state import MarketState
 
     for path in (recording, labels):
         if not path.exists():
@@ -470,12 +468,7 @@ def evaluate(
         truth = msgspec.json.decode(labels.read_bytes(), type=list[Label])
     except msgspec.MsgspecError as e:
         raise fail(f"--labels: not a labels file: {e}", 2) from None
-    if config is not None:
-        from monitor.daemon import build_pipeline
-
-        pipeline = build_pipeline(load_config(config))
-    else:
-        pipeline = Pipeline(MarketState(), build_detectors({}), tick_ms=250)
+    pipeline = build_pipeline(load_config(config) if config is not None else None)  # correlator included
     tune_gc()
     t0 = time.perf_counter()
     found = pipeline.run_frames(read_recording(recording), NativeCodec())
@@ -483,6 +476,7 @@ def evaluate(
     report = run_evaluation([msgspec.structs.asdict(a) for a in found], truth, pipeline.clock.first,
                             pipeline.clock.now)
     events = sum(pipeline.counts.values())
+    report["anomalies_by_kind"] = dict(Counter(a.kind for a in found))
     report["events"] = events
     report["replay_events_per_s"] = round(events / elapsed) if elapsed > 0 else None
     report["simulated_hours"] = round((pipeline.clock.now - pipeline.clock.first) / 3_600_000, 3)
