@@ -95,7 +95,8 @@ class AlertEngine:
         self.notifiers = {r.name: make_notifier(r, i) for i, r in enumerate(a.receivers)}
         self.outbox = Outbox(cfg.store.path)
         self.silence_table = SilenceTable(cfg.store.path)
-        self.dispatcher = Dispatcher(self.routes, Muter(self.silence_table.all()))
+        self.dispatcher = Dispatcher(self.routes, Muter(self.silence_table.all()),
+                                     {r.name: r.send_resolved for r in a.receivers})
         self._silences_read = time.monotonic()
         self.supervisor = Supervisor()  # failed iterations by task (deliver:<receiver>, timers, handle, start, drain)
         self._stop_at: float | None = None  # loop time by which the drain must be done
@@ -161,14 +162,15 @@ class AlertEngine:
         """Stored anomalies and the incidents they changed (opened, grown, resolved, merged):
         keep the open ones, then route. Never raises for a failing store (the next pass
         retries)."""
-        unseen_closed = []
+        ended = []
         for inc in incidents:
             if inc.status == "firing":
                 self.open[inc.id] = inc
-            elif self.open.pop(inc.id, None) is None and inc.status == "resolved":
-                unseen_closed.append(inc)  # opened and resolved between two flushes (a fast replay of a gap)
+            else:  # resolved, merged or abandoned (seen open here or not: opened and ended between flushes)
+                self.open.pop(inc.id, None)
+                ended.append(inc)
         try:
-            await self._route(closed=unseen_closed)
+            await self._route(ended=ended)
         except Exception as e:
             self.supervisor.failed("handle", e)
 
@@ -236,15 +238,15 @@ class AlertEngine:
             log.info("route_timers_reconciled", count=reconciled, note="bodies already in the outbox are not re-sent")
 
     # -- dispatch ---------------------------------------------------------------------------
-    async def _route(self, now: float | None = None, closed: list[Incident] = ()) -> None:
-        """One dispatch pass over the open incidents (and ``closed``: see Dispatcher.plan);
+    async def _route(self, now: float | None = None, ended: list[Incident] = ()) -> None:
+        """One dispatch pass over the open incidents (and ``ended``: see Dispatcher.plan);
         the batch goes to the outbox before the timers move."""
         async with self._route_lock:  # one pass at a time: two would queue the same update
             now = time.time() if now is None else now
             if time.monotonic() - self._silences_read >= POLL_S:
                 self.dispatcher.muter.silences = await asyncio.to_thread(self.silence_table.all)
                 self._silences_read = time.monotonic()
-            plan = self.dispatcher.plan(list(self.open.values()), now, closed)
+            plan = self.dispatcher.plan(list(self.open.values()), now, ended)
             for incident_id, why in plan.newly_muted:
                 log.info("incident_muted", incident_id=incident_id, reason=why)
             if plan.batch:

@@ -142,6 +142,7 @@ class ReceiverConfig(_Section):
     secret_file: str | None = None
     timeout: Duration = _d("5s")
     max_per_second: float | None = None  # default: 1/s for slack, unlimited for webhooks
+    send_resolved: bool = True  # tell the receiver when an incident ends
 
 
 class RouteConfig(_Section):
@@ -153,6 +154,7 @@ class RouteConfig(_Section):
     group_interval: Duration = _d("5s")  # early warning: an incident's updates go out within seconds
     repeat_interval: Duration = _d("4h")
     continue_: bool = msgspec.field(default=False, name="continue")
+    runbook_url: str | None = None  # carried in this route's notifications (what to look at)
 
 
 class ExposureConfig(_Section):

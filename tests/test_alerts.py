@@ -156,15 +156,42 @@ def test_outbox_collapses_pending_per_incident_and_survives_reopen(tmp_path):
     assert ob.pending() == 2
 
 
+CONTRACT_FIELDS = {"version", "incident_id", "status", "severity", "title", "symbols", "accounts", "anomalies"}
+EXTENDED_FIELDS = {"notification", "sequence", "started_ts", "started_at", "updated_ts", "updated_at", "ended_ts",
+                   "ended_at", "end_reason", "counts_by_kind", "anomalies_total", "anomalies_omitted",
+                   "details_omitted", "runbook_url"}
+
+
 def test_payload_follows_the_contract():
-    """The webhook body has exactly the contract's fields, anomalies with theirs."""
+    """The webhook body keeps every contract field with its meaning (anomalies with theirs)
+    and extends it (times in ms and ISO 8601, sequence, counts, runbook) without renaming."""
     c = Correlator()
     inc, _ = c.add(anomaly("cancel_burst", 0, "BTC-PERP", account="a-1", z=7.5), None)
-    body = json.loads(payload(inc))
-    assert set(body) == {"version", "incident_id", "status", "severity", "title", "symbols", "accounts", "anomalies"}
+    body = json.loads(payload(inc, notification="first", sequence=1, runbook_url="https://wiki.example/cb"))
+    assert set(body) == CONTRACT_FIELDS | EXTENDED_FIELDS
     assert body["version"] == "1" and body["status"] == "firing" and body["symbols"] == ["BTC-PERP"]
     assert set(body["anomalies"][0]) == {"id", "kind", "symbol", "account", "ts", "score", "severity", "detail"}
     assert body["anomalies"][0]["ts"] == T0
+    assert body["started_ts"] == T0 and body["started_at"] == "2024-11-23T22:13:20.000Z" and body["ended_at"] is None
+    assert body["counts_by_kind"] == {"cancel_burst": 1} and body["anomalies_total"] == 1
+    assert (body["notification"], body["sequence"], body["runbook_url"]) == ("first", 1, "https://wiki.example/cb")
+    inc.status = "resolved"
+    ended = json.loads(payload(inc))
+    assert (ended["status"], ended["end_reason"], ended["ended_ts"]) == ("resolved", "resolved", T0)
+
+
+def test_a_large_incident_fits_the_payload_cap_keeping_the_most_severe_in_full():
+    c = Correlator()
+    inc, _ = c.add(anomaly("leverage_jump", 0, "BTC-PERP", account="a-0", blob="x" * 2_000), None)
+    for i in range(1, 150):
+        c.add(anomaly("leverage_jump", i, "BTC-PERP", account=f"a-{i}", severity="critical" if i == 77 else "warning",
+                      blob="x" * 2_000), None)
+    body = payload(inc, max_bytes=32 * 1024)
+    assert len(body) <= 32 * 1024
+    d = json.loads(body)
+    assert d["anomalies_total"] == 150 and d["details_omitted"] > 0
+    assert len(d["anomalies"]) + d["anomalies_omitted"] == 150
+    assert any(a["account"] == "a-77" and a["detail"] for a in d["anomalies"])  # the critical one keeps its detail
 
 
 def test_signature_verifies_and_secret_stays_out_of_errors():
