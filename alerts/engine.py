@@ -63,7 +63,9 @@ from alerts.deliver import Delivery
 from alerts.dispatch import Dispatcher
 from alerts.mute import Muter
 from alerts.notify import Result
+from alerts.notify.alertmanager import AlertmanagerNotifier
 from alerts.notify.log import LogNotifier
+from alerts.notify.pagerduty import PagerDutyNotifier
 from alerts.notify.slack import SlackNotifier
 from alerts.notify.webhook import WebhookNotifier
 from alerts.outbox import Outbox
@@ -82,7 +84,11 @@ def make_notifier(r: ReceiverConfig, index: int):
     url = receiver_url(r, index)
     if r.kind == "slack":
         return SlackNotifier(r.name, url, r.timeout.seconds)
+    if r.kind == "alertmanager":
+        return AlertmanagerNotifier(r.name, url, r.timeout.seconds)
     secret = resolve_secret(f"alerts.receivers[{index}].secret", r.secret_env, r.secret_file)
+    if r.kind == "pagerduty":
+        return PagerDutyNotifier(r.name, url, secret, r.timeout.seconds)
     return WebhookNotifier(r.name, url, secret, r.timeout.seconds)
 
 

@@ -129,7 +129,7 @@ class MetricsConfig(_Section):
     listen: str = "127.0.0.1:9464"
 
 
-ReceiverKind = Literal["webhook", "slack", "log"]
+ReceiverKind = Literal["webhook", "slack", "log", "alertmanager", "pagerduty"]
 
 
 class ReceiverConfig(_Section):
@@ -309,6 +309,9 @@ def validate(cfg: Config) -> None:
             _check_url(f"{k}.url", r.url, ("http", "https"))
         if r.secret_env is not None and r.secret_file is not None:
             raise ConfigError(f"{k}.secret_env", "set at most one of secret_env, secret_file")
+        if r.kind == "pagerduty" and r.secret_env is None and r.secret_file is None:
+            raise ConfigError(f"{k}.secret_env", "a pagerduty receiver needs its routing key: set secret_env or "
+                                                 "secret_file")
     _positive("alerts.link_window", cfg.alerts.link_window.ms)
     if not 0 < cfg.alerts.min_account_share <= 1:
         raise ConfigError("alerts.min_account_share", f"must be within (0, 1], got {cfg.alerts.min_account_share}")
