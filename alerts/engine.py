@@ -60,7 +60,7 @@ import structlog
 
 from alerts.correlate import Incident
 from alerts.deliver import Delivery
-from alerts.dispatch import Dispatcher
+from alerts.dispatch import Dispatcher, payload
 from alerts.mute import Muter
 from alerts.notify import Result
 from alerts.notify.alertmanager import AlertmanagerNotifier
@@ -90,6 +90,29 @@ def make_notifier(r: ReceiverConfig, index: int):
     if r.kind == "pagerduty":
         return PagerDutyNotifier(r.name, url, secret, r.timeout.seconds)
     return WebhookNotifier(r.name, url, secret, r.timeout.seconds)
+
+
+async def send_test(cfg: Config, receiver: str, now_ms: int | None = None) -> Result:
+    """Send one sample incident straight to a configured receiver (``perpwatch alert test``):
+    the payload its routes would carry, marked TEST, through the receiver's own notifier,
+    bypassing the outbox and routes. ValueError when no receiver has that name."""
+    from alerts.correlate import Incident
+
+    names = [r.name for r in cfg.alerts.receivers]
+    if receiver not in names:
+        raise ValueError(f"no receiver named {receiver!r} (have: {', '.join(names) or 'none'})")
+    i = names.index(receiver)
+    notifier = make_notifier(cfg.alerts.receivers[i], i)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    a = Anomaly.make("test", now_ms, 1.0, "info", symbol="TEST-PERP",
+                     detail={"note": "perpwatch alert test: a sample notification, nothing happened"})
+    inc = Incident(a)
+    inc.add(a, "opened")
+    runbook = next((r.runbook_url for r in cfg.alerts.routes if r.receiver == receiver and r.runbook_url), None)
+    try:
+        return await notifier.send(payload(inc, notification="test", sequence=1, runbook_url=runbook))
+    finally:
+        await notifier.aclose()
 
 
 class AlertEngine:

@@ -177,3 +177,21 @@ def test_a_real_alertmanager_gets_the_incident_with_kind_symbol_severity_labels_
                       ("thin_book_cluster", "WIF-PERP", "critical")]  # cascade_risk: synthesized by the correlator
     a = seen["firing"][0]
     assert a["labels"]["incident"].startswith("inc-") and a["annotations"]["runbook_url"] == "https://wiki.example/perpwatch"
+
+
+def test_alert_test_sends_a_sample_to_one_receiver_and_exits_1_when_it_fails(tmp_path):
+    from tests.support import perpwatch
+
+    with Collector([200, 503]) as hook:
+        cfg = tmp_path / "pw.toml"
+        cfg.write_text(f'[store]\npath = "{tmp_path / "pw.db"}"\n[[alerts.receivers]]\nname = "hook"\n'
+                       f'url = "{hook.url}"\n[[alerts.routes]]\nreceiver = "hook"\n')
+        ok = perpwatch("alert", "test", "hook", "--config", str(cfg), "--json")
+        down = perpwatch("alert", "test", "hook", "--config", str(cfg))
+        unknown = perpwatch("alert", "test", "nope", "--config", str(cfg))
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {"receiver": "hook", "outcome": "ok", "error": None}
+    sample = json.loads(hook.requests[0][1])
+    assert sample["notification"] == "test" and sample["anomalies"][0]["kind"] == "test"
+    assert down.returncode == 1 and "HTTP 503" in down.stderr and "Traceback" not in down.stderr
+    assert unknown.returncode == 2 and "no receiver named 'nope' (have: hook)" in unknown.stderr
+    assert not (tmp_path / "pw.db").exists()  # a test send touches no store

@@ -319,6 +319,33 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
     Console().print(Panel(t, title="perpwatch status"))
 
 
+alert_app = typer.Typer(help="Check the alert receivers.", no_args_is_help=True)
+app.add_typer(alert_app, name="alert")
+
+
+@alert_app.command("test")
+def alert_test(receiver: str = typer.Argument(..., help="A receiver's name from the config."),
+               config: Path = ConfigOpt,
+               as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON.")) -> None:
+    """Send a sample notification (marked TEST) to one receiver now; exit 1 if it fails."""
+    from alerts.engine import send_test
+
+    cfg = load_config(config)
+    with user_errors():
+        try:
+            result = asyncio.run(send_test(cfg, receiver))
+        except ValueError as e:
+            raise fail(f"receiver: {e}", 2) from None
+    if as_json:
+        print_json({"receiver": receiver, "outcome": result.outcome, "error": result.error or None})
+    elif result.outcome == "ok":
+        print(f"ok: a test notification reached {receiver}")
+    else:
+        Console(stderr=True).print(f"failed: {safe(result.error)}", markup=False)
+    if result.outcome != "ok":
+        raise typer.Exit(1)
+
+
 silence_app = typer.Typer(help="Mute notifications matching a symbol, kind or account for a while.",
                           no_args_is_help=True)
 app.add_typer(silence_app, name="silence")
