@@ -78,6 +78,23 @@ class Incident:
             self.timeline_elided += 1
         self.version += 1
 
+    @classmethod
+    def from_stored(cls, row: dict[str, Any], anomalies: list[Anomaly]) -> "Incident":
+        """An incident as the store has it (``IncidentTable.get``), with its stored anomalies:
+        what a restart can still say about an incident nobody holds any more."""
+        inc = cls.__new__(cls)
+        inc.id, inc.opened_ts, inc.last_ts = row["id"], row["opened_ts"], row["last_ts"]
+        inc.severity, inc.status = row["severity"], row["status"]
+        inc.symbols, inc.symbol_ts = set(row["symbols"]), {}
+        inc.accounts = dict.fromkeys(row["accounts"])
+        inc.timeline = [e for e in row["timeline"] if e.get("anomaly_id")]
+        inc.timeline_elided = sum(int(e["reason"].split()[0]) for e in row["timeline"] if e.get("kind") == "elided")
+        inc.anomalies = sorted(anomalies, key=lambda a: (a.ts, a.id))[-MAX_ANOMALIES:]
+        inc.kinds = {e["kind"] for e in inc.timeline}
+        inc.version = len(inc.timeline) + inc.timeline_elided
+        inc.cascade = "cascade_risk" in inc.kinds
+        return inc
+
     def timeline_view(self) -> list[dict[str, Any]]:
         """The timeline to store and show: elided entries are marked where they were."""
         if not self.timeline_elided:

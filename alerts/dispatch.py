@@ -63,8 +63,8 @@ def payload(inc: Incident, *, status: str | None = None, notification: str | Non
     ``max_bytes`` first drops the detail of all but the ``TOP_ANOMALIES`` most severe, then
     the oldest anomalies, saying how many in ``anomalies_omitted`` / ``details_omitted``."""
     status = status or ("firing" if inc.status == "firing" else "resolved")
-    counts = Counter(e["kind"] for e in inc.timeline)
-    total = len(inc.timeline) + inc.timeline_elided
+    counts = Counter(e["kind"] for e in inc.timeline if e.get("anomaly_id"))
+    total = sum(counts.values()) + inc.timeline_elided
     body = {
         "version": "1",
         "incident_id": inc.id,

@@ -70,6 +70,15 @@ class IncidentTable:
         """How many incidents are stored as firing (for ``status``)."""
         return count(self.db, self._lock, "SELECT count(*) FROM incidents WHERE status = 'firing'") or 0
 
+    def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored rows of these incidents (any order; unknown ids are skipped)."""
+        out = []
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            out += [self._row(r) for r in self._query(
+                f"SELECT * FROM incidents WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))]
+        return out
+
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         return [self._row(r) for r in self._query("SELECT * FROM incidents ORDER BY last_ts DESC LIMIT ?", (limit,))]
 

@@ -21,6 +21,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import msgspec
 import structlog
 
 from alerts.correlate import Incident
@@ -56,6 +57,7 @@ class AnomalySink(Protocol):
 
 
 SPILL = "spill.jsonl"
+MAX_ABANDONED_NOTIFIED = 1_000  # abandoned incidents (the latest) whose end is told to the sinks at start
 MAX_UNSTORED_INCIDENTS = 20_000  # incident changes held while the store refuses writes
 WRITE_BATCH = 5_000  # anomalies per store transaction
 
@@ -120,13 +122,19 @@ class Daemon:
                 loop.add_signal_handler(sig, self.request_stop)
         tune_gc()
         try:
-            await loop.run_in_executor(self._writer, self._abandon_dead_incidents)
+            abandoned = await loop.run_in_executor(self._writer, self._abandon_dead_incidents)
         except Exception as e:  # a failing store: the next start settles it
             self.supervisor.failed("abandon_incidents", e)
+            abandoned = []
         for sink in self.sinks:
             start = getattr(sink, "start", None)
             if start is not None:
                 await start()
+            if abandoned:
+                try:
+                    await sink.handle([], abandoned)
+                except Exception as e:
+                    self.supervisor.failed(f"sink:{type(sink).__name__}", e)
         self._queue = asyncio.Queue(maxsize=self.cfg.daemon.queue_frames)
         if self.cfg.metrics.enabled:
             host, port = listen_address(self.cfg)
@@ -254,16 +262,27 @@ class Daemon:
         the pipeline's own, stored with the next flush."""
         self._pending.extend(self.pipeline.correlate(anomalies))
 
-    def _abandon_dead_incidents(self) -> None:
+    def _abandon_dead_incidents(self) -> list[Incident]:
         """At start (writer thread): incidents the store has as firing that no checkpoint
-        holds belonged to a process that died; close them as ``abandoned``."""
+        holds belonged to a process that died; close them as ``abandoned``. Returns the
+        latest ``MAX_ABANDONED_NOTIFIED`` of them, rebuilt from the store with their stored
+        anomalies, for the sinks: a receiver still hears how each one ended, with
+        everything stored for it (its last update may never have gone out)."""
         c = self.pipeline.correlator
         keep = set(c.open) | {i.id for i in c.closed} if c is not None else set()
         dead = self.incidents.abandon_firing(
             keep, "abandoned at restart: the process holding it stopped without a checkpoint that has it")
-        if dead:
-            log.warning("incidents_abandoned", count=len(dead), sample=dead[:5],
-                        note="firing in the store, not in the checkpoint: closed as abandoned")
+        if not dead:
+            return []
+        log.warning("incidents_abandoned", count=len(dead), sample=dead[:5],
+                    note="firing in the store, not in the checkpoint: closed as abandoned")
+        rows = sorted(self.incidents.get_many(dead), key=lambda r: r["last_ts"])[-MAX_ABANDONED_NOTIFIED:]
+        out = []
+        for row in rows:
+            ids = [e["anomaly_id"] for e in row["timeline"] if e.get("anomaly_id")]
+            stored = [msgspec.convert(a, Anomaly) for a in self.store.by_ids(ids)]
+            out.append(Incident.from_stored(row, stored))
+        return out
 
     def summary(self) -> str:
         connected = sum(1 for s in self.status.values() if s.connected)

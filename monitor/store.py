@@ -301,6 +301,17 @@ class Store:
             raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
         return [_row(r) for r in rows]
 
+    def by_ids(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored anomalies with these ids, as contract objects (unknown ids skipped)."""
+        out = []
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            with self._lock:
+                rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM anomalies WHERE id IN "
+                                       f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+            out += [_row(r) for r in rows]
+        return out
+
     def detected_since(self, since: float) -> int:
         """How many anomalies were stored at or after wall time ``since`` (for ``status``)."""
         return count(self.db, self._lock, "SELECT count(*) FROM anomalies WHERE detected_at >= ?", (since,)) or 0

@@ -5,6 +5,7 @@ test's event loop against loopback receivers; nothing asserts on wall-clock dura
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 import socket
 import sqlite3
@@ -224,12 +225,16 @@ def test_restart_from_an_old_checkpoint_abandons_dead_incidents_and_does_not_res
 
     async def process_b(checkpoint: bytes) -> AlertEngine:
         c, snap = pickle.loads(checkpoint)
-        _daemon_with(cfg, c)._abandon_dead_incidents()
+        abandoned = _daemon_with(cfg, c)._abandon_dead_incidents()
         b = AlertEngine(cfg, open_incidents=list(c.open.values()))
         b.restore(snap)
         await b.start()
+        await b.handle([], abandoned)  # what the daemon does at start
         await b._route(time.time() + later)
-        assert b.outbox.pending() == 0  # the body A already sent is not queued again
+        # the body A already sent is not queued again; the abandoned incident, never sent, is told how it ended
+        [(receiver, incident_id, body)] = [r[1:4] for r in b.outbox.due(time.time() + later)]
+        assert json.loads(body)["status"] == "resolved" and json.loads(body)["end_reason"] == "abandoned"
+        assert json.loads(body)["symbols"] == ["ETH-PERP"] and json.loads(body)["counts_by_kind"] == {"feed_gap": 1}
         await b.drain(asyncio.get_running_loop().time() + 0.5)
         return b
 
@@ -238,7 +243,7 @@ def test_restart_from_an_old_checkpoint_abandons_dead_incidents_and_does_not_res
     db = sqlite3.connect(tmp_path / "pw.db")
     status = dict(db.execute("SELECT symbols, status FROM incidents").fetchall())
     assert status == {'["BTC-PERP"]': "firing", '["ETH-PERP"]': "abandoned"}
-    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("checkpointed", [True, False])

@@ -93,6 +93,27 @@ def test_pending_notifications_survive_sigkill(tmp_path):
     assert hook2.payloads()[0]["anomalies"][0]["kind"] == "feed_gap"
 
 
+def test_every_stored_anomaly_reaches_the_receiver_after_a_sigkill(tmp_path):
+    """Issue 15: gaps on six symbols (six incidents) while the receiver refuses, SIGKILL with
+    all of it pending, a restart with the receiver back: every stored anomaly arrives."""
+    from monitor.store import Store
+
+    store = tmp_path / "pw.db"
+    symbols = tuple(f"S{i}-PERP" for i in range(6))
+    with Collector([503] * 100_000) as hook, ThreadedFeed(gap_frames(symbols)) as feed:
+        cfg = write_config(tmp_path / "pw.toml", feed.url, store, alerts_config(hook.url, False))
+        proc = start_daemon(cfg)
+        wait_for(lambda: store.exists() and len(Store.reader(store).anomalies(kind="feed_gap", limit=None)) == 6
+                 and len(hook.answers) >= 6, "six stored gaps and refused deliveries")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=TIMEOUT)
+    stored = {a["id"] for a in Store.reader(store).anomalies(limit=None)}
+    with Collector() as hook2, ThreadedFeed([]) as feed2:
+        cfg.write_text(cfg.read_text().replace(hook.url, hook2.url).replace(feed.url, feed2.url))
+        run_until(cfg, lambda: stored <= {a["id"] for p in hook2.payloads() for a in p["anomalies"]},
+                  "every stored anomaly after the restart")
+
+
 def test_silence_from_cli_mutes_the_running_daemon(tmp_path):
     """`perpwatch silence add` mutes matching incidents; others still arrive."""
     with Collector() as hook, ThreadedFeed(lambda: []) as feed:
