@@ -19,9 +19,12 @@ merges them. The timeline records why each anomaly joined. Pure and synchronous.
 Severity rises with the evidence: an incident's severity is the worst of its anomalies,
 and a critical ``cascade_risk`` is synthesized (once, with the evidence in its detail)
 when a thin-book cluster meets either a cancel burst or a leverage jump in the same
-incident (so on one symbol or on connected ones), or forced flow: liquidations already
-chaining from another symbol into the cluster's symbol. Incidents resolve after ``resolve_after_ms`` of event
-time without a new anomaly.
+incident (so on one symbol or on connected ones) within ``link_window_ms`` of each other,
+or forced flow: liquidations already chaining from another symbol into the cluster's
+symbol. Its evidence and symbols are that window's anomalies only, never an unrelated
+anomaly of minutes before. Incidents resolve after ``resolve_after_ms`` of event time
+without a new anomaly; one opened more than ``max_span_ms`` ago takes no new anomaly (a
+new incident opens), so a busy hour is not one story.
 """
 
 from __future__ import annotations
@@ -110,9 +113,12 @@ class Incident:
 
 
 class Correlator:
+    max_span_ms = 3_600_000  # class default: a checkpoint from before the bound resumes with it
+
     def __init__(self, window_ms: int = 600_000, resolve_after_ms: int = 900_000, link_window_ms: int = 120_000,
-                 min_account_share: float = 0.01) -> None:
+                 min_account_share: float = 0.01, max_span_ms: int = 3_600_000) -> None:
         self.window_ms = window_ms
+        self.max_span_ms = max_span_ms
         self.resolve_after_ms = resolve_after_ms
         self.link_window_ms = link_window_ms
         self.min_account_share = min_account_share
@@ -122,7 +128,8 @@ class Correlator:
     def add(self, a: Anomaly, state: MarketState | None) -> tuple[Incident, list[Anomaly]]:
         """Place an anomaly; returns its incident and any anomaly synthesized by the rules."""
         self.resolve(a.ts)
-        recent = [inc for inc in self.open.values() if a.ts - inc.last_ts <= self.window_ms]
+        recent = [inc for inc in self.open.values()
+                  if a.ts - inc.last_ts <= self.window_ms and a.ts - inc.opened_ts <= self.max_span_ms]
         accounts = _accounts(a)
         links = self._links(a, accounts, state, recent) if recent else {}
         joined = [(inc, why) for inc in recent if (why := self._connection(inc, a, accounts, links))]
@@ -185,9 +192,15 @@ class Correlator:
         if inc.cascade or "thin_book_cluster" not in inc.kinds:
             return []
         clusters = [b for b in inc.anomalies if b.kind == "thin_book_cluster"]
-        if inc.kinds & CASCADE_PARTS:
+        # evidence from this story's own window: what happened within link_window of now
+        since = a.ts - self.link_window_ms
+        clusters = [b for b in clusters if b.ts >= since]
+        near = [b for b in inc.anomalies if b.kind in CASCADE_PARTS and b.ts >= since]
+        if not clusters:
+            return []
+        if near:
             rule = "thin_book_cluster + (cancel_burst or leverage_jump) on connected symbols"
-            parts = [b for b in inc.anomalies if b.kind in CASCADE_PARTS or b.kind == "thin_book_cluster"]
+            parts = sorted(clusters + near, key=lambda b: (b.ts, b.id))
             flow = []
         else:
             flow = self._forced_flow_into({b.symbol for b in clusters if b.symbol}, a.ts, state)
@@ -197,7 +210,8 @@ class Correlator:
             parts = clusters
         inc.cascade = True
         detail: dict[str, Any] = {
-            "rule": rule, "incident_id": inc.id, "symbols": sorted(inc.symbols),
+            "rule": rule, "incident_id": inc.id, "symbols": sorted({b.symbol for b in parts if b.symbol}),
+            "window_ms": self.link_window_ms,
             "evidence": [{"id": b.id, "kind": b.kind, "symbol": b.symbol, "account": b.account,
                           "ts": b.ts, "severity": b.severity} for b in parts[-10:]]}
         if flow:

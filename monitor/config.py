@@ -188,6 +188,7 @@ class AlertsConfig(_Section):
     resolve_after: Duration = _d("15m")  # an incident quiet this long resolves
     link_window: Duration = _d("2m")  # a link joins only an incident this recently on the linked symbol
     min_account_share: float = 0.01  # an account links a symbol when it holds this much of its cross notional
+    max_incident_span: Duration = _d("1h")  # an incident older than this takes no new anomaly: a new story opens
     exposure: ExposureConfig = msgspec.field(default_factory=ExposureConfig)
 
 
@@ -313,6 +314,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{k}.secret_env", "a pagerduty receiver needs its routing key: set secret_env or "
                                                  "secret_file")
     _positive("alerts.link_window", cfg.alerts.link_window.ms)
+    _positive("alerts.max_incident_span", cfg.alerts.max_incident_span.ms)
     if not 0 < cfg.alerts.min_account_share <= 1:
         raise ConfigError("alerts.min_account_share", f"must be within (0, 1], got {cfg.alerts.min_account_share}")
     x = cfg.alerts.exposure

@@ -224,6 +224,7 @@ def build_pipeline(cfg: Config | None = None) -> Pipeline:
     x, a = cfg.alerts.exposure, cfg.alerts
     graph = ExposureGraph(max_corr_symbols=x.max_corr_symbols, **x.graph_params())
     state = MarketState(max_symbols=cfg.daemon.max_symbols, max_accounts=cfg.daemon.max_accounts, exposure=graph)
-    correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share)
+    correlator = Correlator(a.incident_window.ms, a.resolve_after.ms, a.link_window.ms, a.min_account_share,
+                            a.max_incident_span.ms)
     return Pipeline(state, detectors, tick_ms=cfg.daemon.tick.ms, max_ahead_ms=cfg.daemon.max_ahead.ms,
                     correlator=correlator)

@@ -86,6 +86,27 @@ def test_cascade_rule_escalates_to_critical_once():
     assert again == []
 
 
+def test_cascade_evidence_comes_from_its_own_window_only():
+    """A leverage jump 400 s before a thin-book cluster on the same symbol is not evidence of
+    a cascade (issue 15); one within link_window is, and the evidence names only its symbols."""
+    c = Correlator(link_window_ms=120_000)
+    c.add(anomaly("leverage_jump", 0, "BTC", account="a-1"), None)
+    c.add(anomaly("feed_gap", 1_000, "ETH", account="a-1"), None)  # joined by the account, long before
+    _, synth = c.add(anomaly("thin_book_cluster", 400_000, "BTC"), None)
+    assert synth == []
+    _, synth = c.add(anomaly("cancel_burst", 430_000, "BTC"), None)
+    [risk] = synth
+    assert [e["kind"] for e in risk.detail["evidence"]] == ["thin_book_cluster", "cancel_burst"]
+    assert risk.detail["symbols"] == ["BTC"]
+
+
+def test_a_busy_symbol_is_not_one_story_forever():
+    """Anomalies every 5 minutes on one symbol: after max_span a new incident opens."""
+    c = Correlator(window_ms=600_000, resolve_after_ms=900_000, max_span_ms=3_600_000)
+    ids = [c.add(anomaly("feed_gap", t, "BTC"), None)[0].id for t in range(0, 7_200_000, 300_000)]
+    assert len(set(ids)) == 2 and ids.index(ids[-1]) == 13  # 0 .. 60 min in the first, then a new one
+
+
 def test_incident_resolves_after_quiet():
     """After resolve_after of event time without anomalies an incident is closed."""
     c = Correlator(window_ms=600_000, resolve_after_ms=60_000)
