@@ -33,12 +33,14 @@ import msgspec
 from alerts.correlate import Incident
 from alerts.mute import Muter
 from alerts.route import RouteState, decide, matches
+from alerts.summary import line, ranked
 from monitor.config import RouteConfig
 from monitor.events import SEVERITY_RANK
 
 _encode = msgspec.json.Encoder().encode
 MAX_PAYLOAD = 64 * 1024  # bytes: past it, older anomalies lose their detail, then the oldest go (counted)
 TOP_ANOMALIES = 10  # anomalies that keep their detail whatever the size (most severe, highest score)
+SUMMARY_LINES = 8
 
 
 def iso(ms: int | None) -> str | None:
@@ -52,13 +54,28 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def summaries(anomalies: list[dict]) -> tuple[str, list[str]]:
+    """The headline and the summary lines of a payload's anomalies."""
+    seen, lines = set(), []
+    for a in ranked(anomalies):
+        key = (a["kind"], a.get("symbol"), a.get("account") if a.get("kind") == "leverage_jump" else None)
+        if key not in seen:
+            seen.add(key)
+            lines.append(line(a))
+            if len(lines) == SUMMARY_LINES:
+                break
+    return (lines[0] if lines else ""), lines
+
+
 def payload(inc: Incident, *, status: str | None = None, notification: str | None = None, sequence: int | None = None,
             runbook_url: str | None = None, max_bytes: int = MAX_PAYLOAD) -> bytes:
     """The CONTRACT section 3 body for an incident's current state, extended (every v1 field
     kept with its meaning): ``status`` firing or resolved (``end_reason``: resolved, merged,
     abandoned); ``notification`` first / update / escalation / repeat / resolved and its
     ``sequence`` per receiver; start, update and end times in ms and ISO 8601 (event time);
-    ``counts_by_kind`` and ``anomalies_total`` over the incident's life; ``runbook_url``.
+    ``counts_by_kind`` and ``anomalies_total`` over the incident's life; ``runbook_url``;
+    ``headline`` (the line a person reads first) and ``summary`` (one line per (kind, symbol),
+    most important first, at most ``SUMMARY_LINES``: ``alerts/summary.py``).
     ``anomalies`` are the anomalies so far (the incident keeps its latest 200): a body over
     ``max_bytes`` first drops the detail of all but the ``TOP_ANOMALIES`` most severe, then
     the oldest anomalies, saying how many in ``anomalies_omitted`` / ``details_omitted``."""
@@ -87,6 +104,7 @@ def payload(inc: Incident, *, status: str | None = None, notification: str | Non
         "details_omitted": 0,
         "runbook_url": runbook_url,
     }
+    body["headline"], body["summary"] = summaries(body["anomalies"])
     out = _encode(body)
     if len(out) <= max_bytes:
         return out

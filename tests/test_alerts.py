@@ -180,7 +180,7 @@ def test_outbox_collapses_pending_per_incident_and_survives_reopen(tmp_path):
 CONTRACT_FIELDS = {"version", "incident_id", "status", "severity", "title", "symbols", "accounts", "anomalies"}
 EXTENDED_FIELDS = {"notification", "sequence", "started_ts", "started_at", "updated_ts", "updated_at", "ended_ts",
                    "ended_at", "end_reason", "counts_by_kind", "anomalies_total", "anomalies_omitted",
-                   "details_omitted", "runbook_url"}
+                   "details_omitted", "runbook_url", "headline", "summary"}
 
 
 def test_payload_follows_the_contract():

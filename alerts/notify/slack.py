@@ -1,5 +1,7 @@
-"""Slack incoming webhook with Block Kit: severity colour and emoji, the incident's
-symbols and accounts, the key numbers of each anomaly, and the command to dig in.
+"""Slack incoming webhook with Block Kit: a NEW / UPDATE / ESCALATED / RESOLVED marker and the
+incident's headline (what, where, how much: ``alerts/summary.py``) with its start time;
+severity colour and emoji; symbols; accounts largest first with the count; counts by kind;
+one line per (kind, symbol), most important first; the route's runbook; the command to dig in.
 
 Every text built from data (title, symbols, accounts, kinds, ids, detail values) is
 escaped for Slack (``&`` -> ``&amp;``, ``<`` -> ``&lt;``, ``>`` -> ``&gt;``): a symbol named
@@ -16,11 +18,10 @@ import httpx
 import msgspec
 
 from alerts.notify import Result, post, register_secret
+from alerts.summary import line, money, ranked
 
 EMOJI = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}
 COLOR = {"info": "#439FE0", "warning": "#FFA500", "critical": "#D00000"}
-KEY_NUMBERS = ("score", "z_cancel", "z_ratio", "cancelled_notional", "leverage", "notional", "ratio",
-               "cluster_notional", "absorbing_depth", "distance_bps", "missing", "accounts_raising")
 
 
 def escape(text: Any) -> str:
@@ -39,29 +40,63 @@ def _cut(text: str, n: int) -> str:
     return head
 
 
+MARK = {"first": "NEW", "update": "UPDATE", "escalation": "ESCALATED", "repeat": "STILL FIRING",
+        "resolved": "RESOLVED", "test": "TEST"}
+
+
+def _accounts_by_size(payload: dict[str, Any], n: int = 10) -> list[str]:
+    """The incident's accounts, largest first (by the notional its anomalies name), then the rest."""
+    size: dict[str, float] = {}
+    for a in payload["anomalies"]:
+        d = a.get("detail") or {}
+        for r in d.get("top_accounts") or d.get("accounts") or ():
+            if isinstance(r, dict) and r.get("account"):
+                v = r.get("notional") or r.get("cancelled_notional") or 0.0
+                size[str(r["account"])] = max(size.get(str(r["account"]), 0.0), float(v or 0.0))
+        if a.get("account"):
+            v = d.get("notional") or (d.get("features") or {}).get("cancelled_notional") or 0.0
+            size[a["account"]] = max(size.get(a["account"], 0.0), float(v) if isinstance(v, (int, float)) else 0.0)
+    ranked = sorted(payload["accounts"], key=lambda acct: (-size.get(acct, 0.0), acct))
+    return [f"{acct} {money(size[acct])}" if size.get(acct) else acct for acct in ranked[:n]]
+
+
 def blocks(payload: dict[str, Any]) -> dict[str, Any]:
     sev = payload["severity"] if payload["severity"] in EMOJI else "warning"
-    lines = []
-    for a in payload["anomalies"][-8:]:
-        numbers = [f"{k}={_fmt(a['detail'][k])}" for k in KEY_NUMBERS if k in (a.get("detail") or {})]
-        who = " ".join(escape(x) for x in (a.get("symbol"), a.get("account")) if x)
-        lines.append(f"• *{escape(a['kind'])}* {who} score={_fmt(a['score'])} {' '.join(numbers[:4])}")
+    lines = payload.get("summary") or [line(a) for a in ranked(payload["anomalies"])[:8]]
+    headline = payload.get("headline") or (lines[0] if lines else payload["title"])
     title = escape(payload["title"])
     incident_id = escape(payload["incident_id"])
+    mark = MARK.get(payload.get("notification") or "", "")
+    since = payload.get("started_at")
+    top = f"*{mark}* " if mark else ""
+    top += escape(headline)
+    if since:
+        top += f"\nsince {escape(since)}" + (f", ended {escape(payload['ended_at'])}" if payload.get("ended_at")
+                                               else "")
+    accounts = _accounts_by_size(payload)
+    more = len(payload["accounts"]) - len(accounts)
+    counts = payload.get("counts_by_kind") or {}
     body = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(title, 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(top, 2900)}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": f"*Severity*\n{EMOJI[sev]} {sev}"},
             {"type": "mrkdwn", "text": _cut(f"*Symbols*\n{', '.join(map(escape, payload['symbols'])) or '-'}", 2000)},
-            {"type": "mrkdwn",
-             "text": _cut(f"*Accounts*\n{', '.join(map(escape, payload['accounts'][:10])) or '-'}", 2000)},
-            {"type": "mrkdwn", "text": _cut(f"*Incident*\n`{incident_id}`", 2000)},
+            {"type": "mrkdwn", "text": _cut("*Accounts*\n" + (", ".join(map(escape, accounts)) or "-")
+                                            + (f" (+{more} more)" if more > 0 else ""), 2000)},
+            {"type": "mrkdwn", "text": _cut("*Anomalies*\n" + (", ".join(f"{escape(k)} x{n}" for k, n in counts.items())
+                                                              or str(len(payload["anomalies"]))), 2000)},
         ]},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _cut("\n".join(lines), 2900) or "-"}},
-        {"type": "context", "elements": [{"type": "mrkdwn",
-                                          "text": _cut(f"`perpwatch incident {incident_id}` for the timeline", 2000)}]},
+        {"type": "section", "text": {"type": "mrkdwn",
+                                     "text": _cut("\n".join(f"• {escape(x)}" for x in lines), 2900) or "-"}},
     ]
-    return {"text": _cut(title, 3000), "attachments": [{"color": COLOR[sev], "blocks": body}]}
+    context = [{"type": "mrkdwn", "text": _cut(f"`perpwatch incident {incident_id}` for the timeline", 2000)}]
+    runbook = payload.get("runbook_url")
+    if isinstance(runbook, str) and runbook.startswith(("https://", "http://")) and "|" not in runbook:
+        context.insert(0, {"type": "mrkdwn", "text": _cut(f"<{escape(runbook)}|runbook>", 2000)})
+    body.append({"type": "context", "elements": context})
+    text = f"{mark}: {payload['title']}" if mark else payload["title"]
+    return {"text": _cut(escape(text), 3000), "attachments": [{"color": COLOR[sev], "blocks": body}]}
 
 
 def _fmt(x: Any) -> str:
