@@ -139,3 +139,36 @@ def test_snapshot_of_a_live_state(tmp_path):
     assert snap.marks == {"X": 100.0} and snap.books["X"] == ([(99.0, 10.0)], [(101.0, 5.0)])  # 50 is past the cap
     assert snap.positions == [Position("a", "X", 12.0, 100.0, 20.0, True)] and snap.equity == {"c": 100.0}
     random.seed(0)
+
+
+def test_whatif_cli_on_a_recorded_cascade_before_its_first_forced_liquidation(tmp_path):
+    """`perpwatch whatif --recording` replays to a point in event time: a minute before the
+    cascade scenario's first forced liquidation its symbols' critical shock is small, and
+    the answer leads with the path; bad input is one line and exit 2."""
+    import json
+
+    from tests.support import perpwatch
+
+    rec = tmp_path / "c.jsonl"
+    assert perpwatch("simulate", "--scenario", "cascade", "--speed", "0", "--record", str(rec),
+                     "--seconds", "400").returncode == 0
+    label = json.loads((tmp_path / "c.jsonl.labels.json").read_text())[0]
+    cfg = tmp_path / "pw.toml"
+    cfg.write_text(f'[store]\npath = "{tmp_path / "pw.db"}"\n')
+    at = str(label["first_liquidation_ts"] - 60_000)
+    r = perpwatch("whatif", "--config", str(cfg), "--recording", str(rec), "--at", at, "--symbol", label["symbol"],
+                  "--shock", "-2%", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["event_time_ms"] >= int(at) and out["liquidated_notional"] > 0
+    assert out["critical_shock"] is not None and abs(out["critical_shock"]) <= 0.02
+    assert out["text"].startswith(f"-2% on {label['symbol']} liquidates $")
+    human = perpwatch("whatif", "--config", str(cfg), "--recording", str(rec), "--at", at, "--symbol",
+                      label["symbol"], "--shock", "-2%")
+    assert human.returncode == 0 and "critical shock: -" in human.stdout
+    bad = perpwatch("whatif", "--config", str(cfg), "--recording", str(rec), "--symbol", "NOPE", "--shock", "-2%")
+    assert bad.returncode == 2 and "--symbol: 'NOPE' has no mark" in bad.stderr and "Traceback" not in bad.stderr
+    bad = perpwatch("whatif", "--config", str(cfg), "--recording", str(rec), "--symbol", "X", "--shock", "two")
+    assert bad.returncode == 2 and "--shock" in bad.stderr
+    none = perpwatch("whatif", "--config", str(cfg), "--symbol", "X", "--shock", "-1%")
+    assert none.returncode == 1 and "no usable checkpoint" in none.stderr

@@ -24,6 +24,7 @@ from rich.table import Table
 from monitor import config as config_mod
 from monitor.config import Config, ConfigError, Duration
 from monitor.app.render import fmt_ts, safe, sev_cell, summarize_detail
+from monitor.fmt import money
 from monitor.store import Store, StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -561,6 +562,55 @@ def print_anomaly_table(rows: list[dict], console: Console | None = None) -> Non
         t.add_row(fmt_ts(r["ts"]), safe(r["kind"]), sev_cell(sev), safe(r["symbol"] or ""), safe(r["account"] or ""),
                   f"{r['score']:.3g}", summarize_detail(r["detail"]))
     console.print(t)
+
+
+@app.command()
+def whatif(
+    symbol: str = typer.Option(..., "--symbol", "-s", help="The symbol to shock."),
+    shock: str = typer.Option(..., "--shock", help="The move, e.g. -2% or 0.5%."),
+    config: Path = ConfigOpt,
+    recording: Optional[Path] = typer.Option(None, "--recording", help="Replay this recording instead of reading "
+                                             "the running daemon's latest checkpoint."),
+    at: Optional[str] = typer.Option(None, "--at", help="With --recording: stop at this event time "
+                                     "(epoch ms or ISO 8601; default: its end)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="The recording's codec (default: the first source's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the path as JSON."),
+) -> None:
+    """If SYMBOL moved SHOCK now: what liquidates, how far the price runs, which symbol is next."""
+    from monitor import logs
+    from monitor.app import whatif as w
+    from monitor.codecs.formats import FORMATS
+
+    cfg = load_config(config)
+    logs.configure("warning")  # to stderr: stdout is the answer
+    try:
+        move = w.parse_shock(shock)
+        if recording is not None:
+            f = fmt or (cfg.sources[0].format if cfg.sources else "perpwatch")
+            if f not in FORMATS:
+                raise w.WhatIfError(f"--format: unknown format {f!r} (known: {', '.join(FORMATS)})")
+            state, now = w.state_from_recording(cfg, recording, w.parse_at(at), f)
+        else:
+            state, now = w.state_from_checkpoint(cfg)
+        out = w.report(state, now, symbol, move, w.margin_terms(cfg))
+    except w.WhatIfError as e:
+        raise fail(str(e), 2 if str(e).startswith("--") else 1) from None
+    if as_json:
+        print_json(out)
+        return
+    console = Console()
+    console.print(safe(out["text"]), markup=False)
+    t = make_table(f"what if {symbol} {shock} (event time {out['event_time']})",
+                   ("round", "symbol", "price before", "after", "liquidated", "accounts", "cross", "depth eaten"))
+    for i, rnd in enumerate(out["rounds"], 1):
+        for r in rnd:
+            t.add_row(str(i), safe(r["symbol"]), f"{r['price_before']:.6g}", f"{r['price_after']:.6g}",
+                      money(r["liquidated_notional"]), str(r["accounts"]), str(r["cross_accounts"]),
+                      money(r["depth_consumed"]) + (" (exhausted)" if r["exhausted"] else ""))
+    console.print(t)
+    crit = out.get("critical_shock")
+    console.print(f"critical shock: {crit * 100:+.3g}% ({safe(out['critical_path'])})" if crit is not None else
+                  f"critical shock: none within {', '.join(f'{x:.1%}' for x in out['ladder'])} both ways", markup=False)
 
 
 def main() -> None:

@@ -122,6 +122,7 @@ class Round(NamedTuple):
     cross_accounts: int  # of which closed because their shared collateral failed
     depth_consumed: float
     exhausted: bool
+    sold: bool  # the round's net forced flow sold into the bids (else bought the asks)
 
 
 class Path(NamedTuple):
@@ -141,8 +142,7 @@ class Path(NamedTuple):
         for rnd in self.rounds:
             for r in rnd:
                 t = out.setdefault(r.symbol, {"liquidated_notional": 0.0, "accounts": 0, "cross_accounts": 0,
-                                              "depth_consumed": 0.0, "side": "bids" if r.price_after <= r.price_before
-                                              else "asks"})
+                                              "depth_consumed": 0.0, "side": "bids" if r.sold else "asks"})
                 t["liquidated_notional"] += r.liquidated_notional
                 t["accounts"] += r.accounts
                 t["cross_accounts"] += r.cross_accounts
@@ -341,7 +341,7 @@ def run(snap: Snapshot, symbol: str, shock: float, max_rounds: int = MAX_ROUNDS)
             if after != before:
                 changed.add(s)
             prices[s] = after
-            rnd.append(Round(s, before, after, notional, len(accts), len(cross), consumed, out))
+            rnd.append(Round(s, before, after, notional, len(accts), len(cross), consumed, out, qty > 0))
             total_n += notional
             total_depth += consumed
             total_accounts |= accts
