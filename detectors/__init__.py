@@ -15,6 +15,7 @@ from detectors.funding_crowding import FundingCrowding
 from detectors.leverage_jump import LeverageJump
 from detectors.mark_divergence import MarkDivergence
 from detectors.thin_book_cluster import ThinBookCluster
+from detectors.whatif import WhatIf
 
 REGISTRY: dict[str, type[Detector]] = {
     FeedGap.name: FeedGap,
@@ -23,6 +24,7 @@ REGISTRY: dict[str, type[Detector]] = {
     ThinBookCluster.name: ThinBookCluster,
     MarkDivergence.name: MarkDivergence,
     FundingCrowding.name: FundingCrowding,
+    WhatIf.name: WhatIf,
 }
 
 

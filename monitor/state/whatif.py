@@ -25,7 +25,8 @@ Funding and correlated moves are not modelled: a symbol moves only by the flow t
 
 ``critical_shock`` walks a ladder of shocks (0.5, 1, 2, 3, 5, 10%, both ways) and returns
 the smallest after which the chain *sustains itself*: the forced flow it triggers eats the
-book to the cap, or moves the price at least ``amplification`` x the shock by itself.
+book to the cap, or crosses further liquidation prices (a second round) and moves the
+price at least ``amplification`` x the shock.
 
 Pure and deterministic (no clock, no I/O; results do not depend on the order positions
 were added). Cost: O(levels + positions) per round on the symbols a round touches.
@@ -151,11 +152,12 @@ class Path(NamedTuple):
         return first | out
 
     def sustains(self, amplification: float = 2.0) -> bool:
-        """The chain feeds itself: a book eaten to the cap, or the flow moved the shocked
-        symbol at least ``amplification`` x the shock."""
+        """The chain feeds itself: a book eaten to the cap; or forced flow that crossed more
+        liquidation prices (a second round) and moved the shocked symbol at least
+        ``amplification`` x the shock. One round that the book absorbs is not a chain."""
         if self.exhausted:
             return True
-        return abs(self.moves.get(self.symbol, 0.0)) >= amplification * abs(self.shock) and self.accounts > 0
+        return len(self.rounds) >= 2 and abs(self.moves.get(self.symbol, 0.0)) >= amplification * abs(self.shock)
 
     def text(self) -> str:
         """The line a person reads first."""
