@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from alerts.correlate import Correlator, Incident
 from detectors import build_detectors
 from detectors.base import Detector
-from monitor.codecs import Codec
+from monitor.codecs import Codec, recorded
 from monitor.config import Config, ConfigError
 from monitor.config import parse as parse_config
 from monitor.events import EVENT_TYPES, Anomaly, Event
@@ -173,6 +173,33 @@ class Pipeline:
         kept: list[Anomaly] = []
         for frame in frames:
             found = self.feed(codec.decode(frame))
+            if found:
+                kept.extend(found)
+                if on_batch is not None and len(kept) >= batch:
+                    on_batch(kept)
+                    kept = []
+        kept.extend(self.correlate(self.flush()))
+        if on_batch is not None:
+            on_batch(kept)
+            return []
+        return kept
+
+    def run_items(self, items: Iterable[recorded.Item], codec_of: Callable[[str], Codec],
+                  on_batch: Callable[[list[Anomaly]], None] | None = None, batch: int = 1000) -> list[Anomaly]:
+        """A recorded session (``monitor.codecs.recorded``) to the end, as the daemon ran it:
+        each frame decoded by its source's codec (``codec_of(source)``), each REST snapshot
+        handed to that codec, each stall advance run as the same ticks, and the pipeline fed
+        only when a payload gave events (the daemon's rule). ``on_batch`` as in run_frames."""
+        kept: list[Anomaly] = []
+        decode = recorded.decode
+        for source, payload, _ in items:
+            if type(payload) is recorded.Advance:
+                found = self.correlate(self.advance_to(payload.ts))
+            else:
+                events = decode(codec_of(source), payload)
+                if not events:
+                    continue
+                found = self.feed(events)
             if found:
                 kept.extend(found)
                 if on_batch is not None and len(kept) >= batch:

@@ -384,8 +384,14 @@ class BinanceUsdmCodec:
             return []
         return self._apply_snapshot(symbol, lid, b, a, t)
 
-    def on_rest_snapshot(self, symbol: str, body: bytes | str, ts: int | None = None) -> list[Event]:
-        """Feed the raw body of ``GET /fapi/v1/depth``; ``ts`` defaults to its ``E``."""
+    def on_rest_snapshot(self, symbol: str | None, body: bytes | str, ts: int | None = None) -> list[Event]:
+        """Feed the raw body of ``GET /fapi/v1/depth``; ``ts`` defaults to its ``E``.
+
+        ``symbol`` None (a recording that kept the body alone, as hftbacktest's collector
+        does): the snapshot goes to the waiting book whose buffered diffs span its
+        ``lastUpdateId`` (update ids are per symbol and far apart), else to the only book
+        waiting; otherwise it is dropped as ``snapshot_unmatched``.
+        """
         try:
             snap = _rest_depth.decode(body)
         except Exception as e:  # msgspec errors, RecursionError...: never raise on input
@@ -395,7 +401,19 @@ class BinanceUsdmCodec:
         if t is None:
             self.stats.drop("invalid_snapshot", body, "no event time")
             return []
+        if symbol is None:
+            symbol = self._match(snap.last_update_id)
+            if symbol is None:
+                self.stats.drop("snapshot_unmatched", body, "no waiting book it could belong to")
+                return []
         return self.on_snapshot(symbol, snap.last_update_id, snap.bids, snap.asks, t)
+
+    def _match(self, lid: int) -> str | None:
+        waiting = [(s, b) for s, b in self.books.items() if b.state == _WAIT]
+        spanning = [s for s, b in waiting if b.buffer and b.buffer[0].first_id <= lid <= b.buffer[-1].final_id]
+        if len(spanning) == 1:
+            return spanning[0]
+        return waiting[0][0] if len(waiting) == 1 else None
 
     def _apply_snapshot(self, symbol: str, lid: int, bids: list[Level], asks: list[Level], ts: int) -> list[Event]:
         sync = self.books.get(symbol) or self._new_book(symbol)
