@@ -29,7 +29,6 @@ benign surges, <= 3 anomalies per episode and kind. Run by hand; CI runs a short
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -37,7 +37,8 @@ from monitor.ops.jobs import Jobs
 from monitor.ops.supervise import Supervisor
 from monitor.ops.systemd import SdNotifier
 from monitor.pipeline import Pipeline, build_pipeline, tune_gc  # noqa: F401 (build_pipeline: re-exported)
-from monitor.codecs.recorded import Advance
+from monitor.codecs.formats import codec_for
+from monitor.codecs.recorded import Advance, Watch
 from monitor.sources import Recorder, SourceStatus, run_websocket
 from monitor.store import Store
 from monitor.venues import RestSnapshot, Session, make_session
@@ -61,6 +62,14 @@ MAX_UNSTORED_INCIDENTS = 20_000  # incident changes held while the store refuses
 WRITE_BATCH = 5_000  # anomalies per store transaction
 
 
+def recorder_for(cfg: Config, out_dir) -> Recorder:
+    """A recorder (``perpwatch record``) whose header names each source's format and how
+    the daemon watches its coverage, so a replay decodes and watches it the same way."""
+    watch = {s.name: Watch(s.symbols, list(getattr(codec_for(s.format), "CONTINUOUS", ())), s.unsynced_after.ms,
+                           s.silent_after.ms) for s in cfg.sources}
+    return Recorder(out_dir, {s.name: s.format for s in cfg.sources}, watch)
+
+
 class Daemon:
     IDLE_FLUSH_S = 0.5  # wall time without frames after which held anomalies are emitted
 
@@ -77,6 +86,10 @@ class Daemon:
         self.stall_ticks = 0  # times event time was advanced from wall time (a stalled stream)
         self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
         self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
+        for s in cfg.sources:  # subscribed: the config's symbols and the venue's continuous streams
+            self.pipeline.coverage.watch(s.name, self.codecs[s.name], s.symbols,
+                                         getattr(self.codecs[s.name], "CONTINUOUS", ()),
+                                         unsynced_after_ms=s.unsynced_after.ms, silent_after_ms=s.silent_after.ms)
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
         self.store = store or Store(cfg.store.path)
         self.sinks = list(sinks or [])

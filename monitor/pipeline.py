@@ -26,6 +26,7 @@ from monitor.config import Config, ConfigError
 from monitor.config import parse as parse_config
 from monitor.events import EVENT_TYPES, Anomaly, Event
 from monitor.state import EventClock, ExposureGraph, MarketState
+from monitor.state.coverage import Coverage
 
 
 def tune_gc() -> None:
@@ -58,6 +59,9 @@ class Pipeline:
         self.correlator = correlator
         self._changed: dict[str, Incident] = {}  # incidents changed since take_incidents(), latest state
         self.clock = EventClock(tick_ms, max_ahead_ms=max_ahead_ms, resync_after=resync_after)
+        # The sources' codecs, watched for what they cannot give (monitor.state.coverage). Not
+        # checkpointed: the codecs are the shell's; it watches them again after a restart.
+        self.coverage = Coverage()
         self.type_counts: dict[type, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.refused = 0
         # Decided once: per event type, the state update and the detectors that see it.
@@ -154,6 +158,8 @@ class Pipeline:
             found = d.on_tick(now, self.state)
             if found:
                 out.extend(found)
+        if self.coverage.watched:
+            out.extend(self.coverage.on_tick(now))
         return out
 
     def flush(self) -> list[Anomaly]:

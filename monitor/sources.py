@@ -389,7 +389,8 @@ class Recorder:
     goes on detecting. The file grows until the daemon stops: rotate by restarting.
     """
 
-    def __init__(self, out_dir: str | Path, sources: dict[str, str]) -> None:
+    def __init__(self, out_dir: str | Path, sources: dict[str, str],
+                 watch: dict[str, recorded.Watch] | None = None) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -397,7 +398,7 @@ class Recorder:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         self._raw = os.fdopen(fd, "wb")
         self._f = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
-        self._f.write(recorded.header_line(sources))
+        self._f.write(recorded.header_line(sources, watch))
         self.items = 0
         self.failed = 0
         self._last_log = 0.0
@@ -449,6 +450,7 @@ class RecordedItems:
         self.max_line_bytes = max_line_bytes
         self.container = "lines"
         self.sources: dict[str, str] = {}
+        self.watch: dict[str, recorded.Watch] = {}
         self.http: list[Path] = []
         self._parts: list[Any] = []
         if not self.files:
@@ -457,7 +459,9 @@ class RecordedItems:
         self.container = recorded.detect(first)
         if self.container == "perpwatch":
             for f in self.files:
-                self.sources.update(recorded.parse_header(next(iter(Recording(f, max_line_bytes)), b"")))
+                sources, watch = recorded.parse_header(next(iter(Recording(f, max_line_bytes)), b""))
+                self.sources.update(sources)
+                self.watch.update(watch)
         elif self.container == "cryptofeed" and ".ws." in p.name:
             prefix = p.name.split(".ws.", 1)[0] + ".http."
             self.http = sorted(f for f in p.parent.iterdir() if f.name.startswith(prefix))

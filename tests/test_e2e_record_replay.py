@@ -21,7 +21,7 @@ from websockets.asyncio.server import serve
 from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.formats import codec_for
 from monitor.config import parse
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, recorder_for
 from monitor.pipeline import build_pipeline
 from monitor.sources import RecordedItems, Recorder
 from monitor.store import Store
@@ -114,7 +114,7 @@ path = "{tmp_path / 'live.db'}"
 [metrics]
 enabled = false
 """)
-            daemon = Daemon(cfg, recorder=Recorder(tmp_path / "rec", {"binance": "binance-usdm"}))
+            daemon = Daemon(cfg, recorder=recorder_for(cfg, tmp_path / "rec"))
             task = asyncio.create_task(daemon.run(install_signals=False))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + TIMEOUT * 2

@@ -117,11 +117,11 @@ def record(
         raise fail(f"--out: {out} exists and is not a directory", 2)
     from monitor import logs
     from monitor.daemon import Daemon
-    from monitor.sources import Recorder
+    from monitor.daemon import recorder_for
 
     logs.configure(cfg.logging.level, cfg.logging.format)
     try:
-        recorder = Recorder(out, {s.name: s.format for s in cfg.sources})
+        recorder = recorder_for(cfg, out)
     except OSError as e:
         raise fail(f"--out: cannot write a recording in {out}: {e.strerror or e}", 2) from None
     with user_errors():
@@ -162,6 +162,16 @@ def replay(
         default = codec_for(fmt)
         codecs = {name: codec_for(f) for name, f in recording.sources.items()}
         pipeline = build_pipeline(cfg)
+        base = cfg.sources[0] if cfg.sources else None
+        for name, c in (codecs or {"": default}).items():
+            w = recording.watch.get(name)
+            if w is not None:  # watched as the recording daemon watched it
+                pipeline.coverage.watch(name, c, w.symbols, tuple(w.streams), unsynced_after_ms=w.unsynced_after_ms,
+                                        silent_after_ms=w.silent_after_ms)
+            else:  # subscriptions unknown: the symbols and continuous streams the recording has
+                pipeline.coverage.watch(name, c, (), None,
+                                        unsynced_after_ms=base.unsynced_after.ms if base else 30_000,
+                                        silent_after_ms=base.silent_after.ms if base else 60_000)
         store = Store(cfg.store.path)
         from alerts.incidents import IncidentTable
 

@@ -177,7 +177,7 @@ class BinanceDepthSync:
     """
 
     __slots__ = ("symbol", "state", "seq", "last_final", "snapshot_id", "buffer", "max_buffer",
-                 "overflow", "gaps", "discarded", "stale_snapshots", "_stats")
+                 "overflow", "gaps", "discarded", "stale_snapshots", "_stats", "waiting_since", "last_ts")
 
     def __init__(self, symbol: str, max_buffer: int = DEFAULT_BUFFER, stats: DecodeStats | None = None) -> None:
         self.symbol = symbol
@@ -192,6 +192,8 @@ class BinanceDepthSync:
         self.discarded = 0  # diffs older than the snapshot (normal, not an error)
         self.stale_snapshots = 0  # snapshots refused because diffs after them were lost
         self._stats = stats if stats is not None else DecodeStats()
+        self.waiting_since: int | None = None  # event time this book started waiting to (re)sync
+        self.last_ts = 0  # event time of the last diff seen, applied or buffered
 
     @property
     def needs_snapshot(self) -> bool:
@@ -199,6 +201,7 @@ class BinanceDepthSync:
 
     def on_depth(self, m: DepthUpdate) -> list[Book]:
         state = self.state
+        self.last_ts = m.ts
         if state == _LIVE:
             if m.prev_final_id != self.last_final:
                 return self._gap(m)
@@ -212,6 +215,7 @@ class BinanceDepthSync:
             if m.first_id > self.snapshot_id:  # type: ignore[operator]
                 return self._gap(m)  # the diff bridging the snapshot was lost
             self.state = _LIVE
+            self.waiting_since = None
         self.last_final = m.final_id
         self.seq += 1
         return [Book(self.symbol, m.ts, self.seq, False, m.bids, m.asks)]
@@ -244,6 +248,7 @@ class BinanceDepthSync:
     def _gap(self, m: DepthUpdate) -> list[Book]:
         self.gaps += 1
         self.state = _WAIT
+        self.waiting_since = m.ts
         self.buffer.clear()
         self._buffer(m)  # the next snapshot may land inside this diff's [U, u]
         self.last_final = m.final_id
@@ -251,6 +256,8 @@ class BinanceDepthSync:
         return [Book(self.symbol, m.ts, self.seq, False, m.bids, m.asks)]
 
     def _buffer(self, m: DepthUpdate) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = m.ts
         if len(self.buffer) >= self.max_buffer:
             self.buffer.popleft()
             self.overflow += 1
@@ -268,8 +275,14 @@ class BinanceUsdmCodec:
     the returned events like any decoded ones.
     """
 
+    # Streams the venue publishes continuously (coverage: silence there is a fault), and the
+    # message kinds skipped on purpose (counted, not reported as coverage).
+    CONTINUOUS = ("depth", "markPrice")
+    IGNORED = frozenset({"kline", "control"})
+
     def __init__(self, max_buffer: int = DEFAULT_BUFFER, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()
+        self.mark_ts: dict[str, int] = {}  # symbol -> event time of its last mark (bounded like books)
         self.max_buffer = max_buffer
         self.max_symbols = max_symbols  # books beyond this are refused (too_many_symbols), not grown
         self.books: dict[str, BinanceDepthSync] = {}
@@ -354,7 +367,20 @@ class BinanceUsdmCodec:
         return [Liquidation(o.symbol, m.ts, side, price, size), Trade(o.symbol, m.ts, price, size, side, True)]
 
     def _mark(self, m: MarkPriceUpdate) -> list[Event]:
+        if m.symbol in self.mark_ts or len(self.mark_ts) < self.max_symbols:
+            self.mark_ts[m.symbol] = m.ts
         return [Mark(m.symbol, m.ts, m.mark, m.index, funding_rate=_rate(m.funding_rate))]
+
+    # -- coverage (monitor.state.coverage reads these at ticks, never per event) ---------
+    def unsynced(self) -> dict[str, int]:
+        """Symbols whose book is not (yet, or no longer) in sync -> since when (event time)."""
+        return {s: b.waiting_since for s, b in self.books.items() if b.state != _LIVE and b.waiting_since is not None}
+
+    def last_seen(self) -> dict[tuple[str, str], int]:
+        """(stream, symbol) -> event time of its last message, for the CONTINUOUS streams."""
+        out = {("depth", s): b.last_ts for s, b in self.books.items()}
+        out.update((("markPrice", s), ts) for s, ts in self.mark_ts.items())
+        return out
 
     # -- book synchronisation ----------------------------------------------------------
     def needs_snapshot(self) -> set[str]:

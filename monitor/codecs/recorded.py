@@ -67,8 +67,19 @@ Payload = Union[bytes, Snapshot, Advance]
 Item = tuple[str, Payload, int]  # (source, payload, receive time ns)
 
 
+class Watch(msgspec.Struct):
+    """How the recording daemon watched a source's coverage (monitor.state.coverage), so a
+    replay watches it the same way."""
+
+    symbols: list[str] = []
+    streams: list[str] = []
+    unsynced_after_ms: int = 30_000
+    silent_after_ms: int = 60_000
+
+
 class _Header(msgspec.Struct):
     sources: dict[str, str] = {}
+    watch: dict[str, Watch] = {}
 
 
 def detect(first: bytes) -> str:
@@ -89,17 +100,19 @@ def detect(first: bytes) -> str:
     return "lines"
 
 
-def header_line(sources: dict[str, str]) -> bytes:
-    return MAGIC + b" %d " % VERSION + msgspec.json.encode({"sources": sources}) + b"\n"
+def header_line(sources: dict[str, str], watch: dict[str, Watch] | None = None) -> bytes:
+    return MAGIC + b" %d " % VERSION + msgspec.json.encode({"sources": sources, "watch": watch or {}}) + b"\n"
 
 
-def parse_header(line: bytes) -> dict[str, str]:
-    """Source name -> format from a perpwatch recording's first line ({} if unreadable)."""
+def parse_header(line: bytes) -> tuple[dict[str, str], dict[str, Watch]]:
+    """(source name -> format, source name -> Watch) from a perpwatch recording's first
+    line (empty if unreadable)."""
     parts = line.split(b" ", 2)
     try:
-        return msgspec.json.decode(parts[2], type=_Header).sources if len(parts) == 3 else {}
+        h = msgspec.json.decode(parts[2], type=_Header) if len(parts) == 3 else _Header()
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return {}
+        h = _Header()
+    return h.sources, h.watch
 
 
 def _payload(data: bytes) -> tuple[bytes, bool]:
