@@ -159,7 +159,7 @@ class Pipeline:
             if found:
                 out.extend(found)
         if self.coverage.watched:
-            out.extend(self.coverage.on_tick(now))
+            out.extend(self.coverage.on_tick(now, self.state))
         return out
 
     def flush(self) -> list[Anomaly]:

@@ -160,3 +160,41 @@ listen = "127.0.0.1:{port}"
     assert (f'perpwatch_coverage_anomalies_total{{reason="book_not_synced",source="binance"}} '
             f'{float(len(symbols))}') in text
     assert 'perpwatch_unknown_message_types_total{source="binance",type="kline"}' in text
+
+
+# -- Binance @trade and bookTicker (issue 16, part 4) ---------------------------------------
+def ticker(symbol: str, ts: int, u: int, bid: str, ask: str) -> str:
+    return json.dumps({"stream": f"{symbol.lower()}@bookTicker", "data": {
+        "e": "bookTicker", "u": u, "s": symbol, "b": bid, "B": "1", "a": ask, "A": "1", "T": ts, "E": ts}})
+
+
+def test_raw_trade_stream_decodes_like_agg_trade():
+    """@trade (the venue's documented payload, as hftbacktest records it): a Trade, taker side from m."""
+    from monitor.events import Trade
+
+    c = BinanceUsdmCodec()
+    frame = ('{"stream":"ethusdt@trade","data":{"e":"trade","E":1723161256560,"T":1723161256560,"s":"ETHUSDT",'
+             '"t":4308068523,"p":"2681.62","q":"1.000","X":"MARKET","m":true}}')
+    assert c.decode(frame) == [Trade("ETHUSDT", 1723161256560, 2681.62, 1.0, "sell")]
+    assert c.decode(frame.replace('"MARKET"', '"INSURANCE_FUND"')) == []
+    assert c.stats.unknown == {"trade:INSURANCE_FUND": 1}
+
+
+def test_book_ticker_at_the_books_update_id_is_checked_and_a_divergence_reported():
+    """bookTicker at the same update id as the book: agreeing is silent, disagreeing is a coverage warning."""
+    codec, pipeline = BinanceUsdmCodec(), build_pipeline()
+    pipeline.coverage.watch("binance", codec, ["AUSDT"], (), silent_after_ms=60_000)
+    found = pipeline.feed(codec.decode(json.dumps({"stream": "ausdt@depth", "data": {
+        "e": "depthUpdate", "E": T, "T": T, "s": "AUSDT", "U": 0, "u": 9, "pu": -1,
+        "b": [["99", "2"]], "a": [["101", "3"]]}})))
+    found += pipeline.feed(codec.on_rest_snapshot("AUSDT", json.dumps({
+        "lastUpdateId": 5, "E": T, "bids": [["99", "1"]], "asks": [["101", "1"]]})))
+    found += pipeline.feed(codec.decode(ticker("AUSDT", T + 10, 9, "99", "101")))  # agrees
+    found += pipeline.feed(codec.decode(ticker("AUSDT", T + 20, 8, "98", "101")))  # another moment: not compared
+    assert pipeline.state.books["AUSDT"].ticker_checks == 1 and not pipeline.state.books["AUSDT"].ticker_divergences
+    found += pipeline.feed(codec.decode(ticker("AUSDT", T + 30, 9, "99.5", "101")))  # same id, other bid
+    for i in range(1, 5):
+        found += pipeline.feed(codec.decode(mark("AUSDT", T + i * 1000)))
+    got = [a for a in found if a.kind == "coverage"]
+    assert [(a.detail["reason"], a.symbol, a.severity) for a in got] == [("book_ticker_divergence", "AUSDT", "warning")]
+    assert got[0].detail["sample"]["venue_bid"] == 99.5 and got[0].detail["sample"]["book_bid"] == 99.0

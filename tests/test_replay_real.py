@@ -36,8 +36,9 @@ def test_hftbacktest_capture_syncs_its_book_from_the_inline_snapshot(tmp_path):
     assert s["container"] == "hftbacktest"
     assert s["books_synced"] == ["ETHUSDT"] and s["books_unsynced"] == []
     assert "depth_buffer_overflow" not in s["dropped"] and "snapshot_unmatched" not in s["dropped"]
-    assert s["events"] > 6_000  # every depth diff after the snapshot applied
-    assert s["anomalies"] == {}, s["anomalies"]
+    assert s["events"] > 6_000 + 14_076  # every depth diff after the snapshot, every @trade print
+    assert s["unknown"] == {}  # @trade and bookTicker decoded
+    assert s["anomalies"] == {}, s["anomalies"]  # bookTicker agreed with the book at every shared update id
 
 
 def cryptofeed_pair(tmp_path) -> Path:

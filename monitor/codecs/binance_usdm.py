@@ -10,6 +10,12 @@ Mapping (every ``ts`` is the event time ``E``, in ms):
 - ``depthUpdate`` -> ``Book`` deltas, through one :class:`BinanceDepthSync` per symbol
   (the venue's documented buffer / REST snapshot / ``pu`` chain procedure).
 - ``aggTrade`` -> ``Trade``; ``m`` true means the buyer was the maker, so the taker sold.
+  ``trade`` (the raw stream, as hftbacktest records it) -> ``Trade`` the same way, for
+  ``X = MARKET`` prints (others counted by type). Subscribe one of the two, not both:
+  the same fills would count twice.
+- ``bookTicker`` -> ``Quote`` when the book stands at the ticker's update id ``u`` (the
+  last applied diff's ``u``): the state checks our best bid/ask against the venue's and
+  counts a divergence (reported as ``coverage``); at other moments nothing is emitted.
 - ``forceOrder`` -> ``Liquidation`` (side of the forced order: ``SELL`` closes a long)
   plus ``Trade(liquidation=True)``, the forced order being the taker. Binance pushes at
   most the latest liquidation per symbol per second, so this flow is a lower bound of
@@ -18,7 +24,8 @@ Mapping (every ``ts`` is the event time ``E``, in ms):
   volume across both double-counts the liquidation part.
 - ``markPriceUpdate`` -> ``Mark`` (``p`` mark, ``i`` index, ``r`` funding rate);
   ``!markPrice@arr`` frames (a list of them) decode too.
-- ``bookTicker``, ``kline`` and anything else: counted in ``stats.unknown`` by kind.
+- ``kline`` (skipped on purpose, see ``IGNORED``) and anything else: counted in
+  ``stats.unknown`` by kind.
   Subscription replies (``{"result": null, "id": 1}``) count as ``unknown["control"]``;
   a venue ``error`` reply is a drop, because it means a subscription did not happen.
 
@@ -50,7 +57,7 @@ from urllib.parse import quote
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Quote, Size, Symbol, Trade, Ts
 
 DEPTH_SPEEDS = {"100ms": "@depth@100ms", "250ms": "@depth", "500ms": "@depth@500ms"}
 DEFAULT_BUFFER = 1000
@@ -105,15 +112,28 @@ class MarkPriceUpdate(msgspec.Struct, tag="markPriceUpdate", **_PAYLOAD):
     funding_rate: str = msgspec.field(name="r", default="")
 
 
-class _BookTicker(msgspec.Struct, tag="bookTicker", **_PAYLOAD):
-    pass  # our book comes from depth; the kind is only counted
+class RawTrade(msgspec.Struct, tag="trade", **_PAYLOAD):
+    symbol: Symbol = msgspec.field(name="s")
+    ts: Ts = msgspec.field(name="E")
+    price: Price = msgspec.field(name="p")
+    size: Size = msgspec.field(name="q")
+    buyer_is_maker: bool = msgspec.field(name="m")
+    order_type: str = msgspec.field(name="X", default="MARKET")
+
+
+class BookTicker(msgspec.Struct, tag="bookTicker", **_PAYLOAD):
+    symbol: Symbol = msgspec.field(name="s")
+    ts: Ts = msgspec.field(name="E")
+    update_id: int = msgspec.field(name="u")
+    bid: float = msgspec.field(name="b")
+    ask: float = msgspec.field(name="a")
 
 
 class _Kline(msgspec.Struct, tag="kline", **_PAYLOAD):
     pass
 
 
-Payload = Union[DepthUpdate, AggTrade, ForceOrder, MarkPriceUpdate, _BookTicker, _Kline]
+Payload = Union[DepthUpdate, AggTrade, RawTrade, ForceOrder, MarkPriceUpdate, BookTicker, _Kline]
 _KNOWN_KINDS = frozenset(t.__struct_config__.tag for t in Payload.__args__)  # type: ignore[attr-defined]
 
 
@@ -291,7 +311,8 @@ class BinanceUsdmCodec:
             AggTrade: self._agg_trade,
             ForceOrder: self._force_order,
             MarkPriceUpdate: self._mark,
-            _BookTicker: self._ignored,
+            RawTrade: self._raw_trade,
+            BookTicker: self._book_ticker,
             _Kline: self._ignored,
         }
 
@@ -336,7 +357,7 @@ class BinanceUsdmCodec:
         else:
             self.stats.drop("invalid_event", frame, str(err))
 
-    def _ignored(self, m: _BookTicker | _Kline) -> list[Event]:
+    def _ignored(self, m: _Kline) -> list[Event]:
         self.stats.count_unknown(m.__struct_config__.tag)
         return []
 
@@ -355,6 +376,21 @@ class BinanceUsdmCodec:
 
     def _agg_trade(self, m: AggTrade) -> list[Event]:
         return [Trade(m.symbol, m.ts, m.price, m.size, "sell" if m.buyer_is_maker else "buy")]
+
+    def _raw_trade(self, m: RawTrade) -> list[Event]:
+        if m.order_type != "MARKET":  # INSURANCE_FUND / ADL prints: counted by type, not a taker's trade
+            self.stats.count_unknown(f"trade:{m.order_type}")
+            return []
+        return [Trade(m.symbol, m.ts, m.price, m.size, "sell" if m.buyer_is_maker else "buy")]
+
+    def _book_ticker(self, m: BookTicker) -> list[Event]:
+        """A Quote only when our book stands at exactly the ticker's update id (the last
+        applied diff's ``u``): then both must show the same best bid/ask. Otherwise the two
+        streams are simply at different moments and nothing is compared."""
+        sync = self.books.get(m.symbol)
+        if sync is None or sync.state != _LIVE or sync.last_final != m.update_id:
+            return []
+        return [Quote(m.symbol, m.ts, m.bid, m.ask)]
 
     def _force_order(self, m: ForceOrder) -> list[Event]:
         o = m.order

@@ -16,9 +16,10 @@ what each watched codec exposes, all optional (a codec without one is not checke
 - ``stats.unknown``: a message type the codec does not decode, first seen:
   ``reason = "unknown_message"``, info, once per (source, type); the codec's
   ``IGNORED`` names (kinds it skips on purpose, e.g. ``kline``) are counted only.
-- ``stats.dropped["book_ticker_divergence"]`` growing: the venue's best bid/ask
-  disagreed with our book (``reason = "book_ticker_divergence"``, warning, at most once
-  per symbol per ``silent_after_ms``), see the Binance codec.
+- ``state.books[symbol].ticker_divergences`` growing: the venue's best bid/ask (Binance
+  ``bookTicker`` at the book's own update id) disagreed with our book
+  (``reason = "book_ticker_divergence"``, warning, at most once per symbol per
+  ``silent_after_ms``).
 
 Pure: no I/O, no wall clock. Bounded: one entry per (source, symbol, stream) the codec
 already bounds (``max_symbols``), unknown types bounded by ``DecodeStats`` (256).
@@ -85,7 +86,7 @@ class Coverage:
         """(source, reason) -> coverage anomalies raised, for metrics."""
         return {(w.source, r): n for w in self.watched.values() for r, n in w.raised.items()}
 
-    def on_tick(self, now: int) -> list[Anomaly]:
+    def on_tick(self, now: int, state: Any = None) -> list[Anomaly]:
         if now < self._next or not self.watched:
             return []
         self._next = now + CHECK_EVERY_MS
@@ -96,7 +97,7 @@ class Coverage:
             self._unsynced(w, now, out)
             self._silent(w, now, out)
             self._unknown(w, now, out)
-            self._divergence(w, now, out)
+            self._divergence(w, now, out, state)
         return out
 
     def _raise(self, w: _Watched, out: list[Anomaly], now: int, score: float, severity: str,
@@ -155,14 +156,19 @@ class Coverage:
                     self._raise(w, out, now, float(n), "info", None, "unknown_message", type=name, count=n,
                                 note="a message kind this codec does not decode: its content is not watched")
 
-    def _divergence(self, w: _Watched, now: int, out: list[Anomaly]) -> None:
-        get = getattr(w.codec, "divergences", None)
-        if get is None:
+    def _divergence(self, w: _Watched, now: int, out: list[Anomaly], state: Any) -> None:
+        books = getattr(state, "books", None)
+        if not books:
             return
-        for sym, (n, sample) in get().items():
+        symbols = w.symbols or list(getattr(w.codec, "books", ()))
+        for sym in symbols:
+            book = books.get(sym)
+            if book is None or not book.ticker_divergences:
+                continue
             count, last = w.divergence_seen.get(sym, (0, -(1 << 62)))
+            n = book.ticker_divergences
             if n > count and now - last >= w.silent_after_ms:
                 w.divergence_seen[sym] = (n, now)
                 self._raise(w, out, now, float(n - count), "warning", sym, "book_ticker_divergence",
-                            divergences=n - count, sample=sample,
+                            divergences=n - count, checks=book.ticker_checks, sample=book.ticker_sample,
                             note="the venue's best bid/ask disagreed with the book built from depth diffs")
