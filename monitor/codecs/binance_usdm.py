@@ -299,6 +299,7 @@ class BinanceUsdmCodec:
     # message kinds skipped on purpose (counted, not reported as coverage).
     CONTINUOUS = ("depth", "markPrice")
     IGNORED = frozenset({"kline", "control"})
+    REPORT_UNKNOWN = True
 
     def __init__(self, max_buffer: int = DEFAULT_BUFFER, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()

@@ -14,8 +14,10 @@ what each watched codec exposes, all optional (a codec without one is not checke
   ``reason = "stream_silent"``, warning, once per silence. Trades and liquidations are
   not checked: a quiet market is not a fault.
 - ``stats.unknown``: a message type the codec does not decode, first seen:
-  ``reason = "unknown_message"``, info, once per (source, type); the codec's
-  ``IGNORED`` names (kinds it skips on purpose, e.g. ``kline``) are counted only.
+  ``reason = "unknown_message"``, info, once per (source, type), for codecs that set
+  ``REPORT_UNKNOWN`` (Binance); the codec's ``IGNORED`` names (kinds it skips on purpose,
+  e.g. ``kline``) are counted only, and so is every unknown type of the native protocol,
+  which ignores them by contract (CONTRACT section 1).
 - ``state.books[symbol].ticker_divergences`` growing: the venue's best bid/ask (Binance
   ``bookTicker`` at the book's own update id) disagreed with our book
   (``reason = "book_ticker_divergence"``, warning, at most once per symbol per
@@ -145,6 +147,8 @@ class Coverage:
                                 silent_ms=quiet, never_seen=last is None, threshold_ms=w.silent_after_ms)
 
     def _unknown(self, w: _Watched, now: int, out: list[Anomaly]) -> None:
+        if not getattr(w.codec, "REPORT_UNKNOWN", False):
+            return  # the native protocol ignores unknown types by contract: counted only
         unknown = w.codec.stats.unknown
         if len(unknown) == len(w.unknown_seen):
             return
