@@ -29,8 +29,6 @@ benign surges, <= 3 anomalies per episode and kind. Run by hand; CI runs a short
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import sys
 import tempfile
@@ -44,13 +42,13 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.codecs.binance_usdm import BinanceUsdmCodec  # noqa: E402
+from monitor.codecs.formats import codec_for  # noqa: E402
 from monitor.codecs.native import NativeCodec  # noqa: E402
 from monitor.pipeline import build_pipeline  # noqa: E402
 from monitor.simulate.evaluate import evaluate  # noqa: E402
 from monitor.simulate.scenarios import PROFILE_KINDS, Profile, build_profile  # noqa: E402
 from monitor.simulate.server import record_market  # noqa: E402
-from monitor.sources import read_recording  # noqa: E402
+from monitor.sources import RecordedItems, read_recording  # noqa: E402
 
 KINDS = tuple(k for k in PROFILE_KINDS if k != "benign_surge")
 LEAD_TARGET_S = 120.0
@@ -137,72 +135,34 @@ def worst(rows: list[dict]) -> dict:
 
 
 # -- real recordings ------------------------------------------------------------------
-class FirstDiffSnapshots:
-    """A Binance USD-M codec for recordings: no REST snapshot exists in one, so each
-    symbol's first depth diff stands in for it (as tests/test_codec_binance.py does)."""
-
-    def __init__(self) -> None:
-        self.inner = BinanceUsdmCodec()
-        self.stats = self.inner.stats
-        self.snapped: set[str] = set()
-
-    def decode(self, frame: bytes | str) -> list:
-        out = self.inner.decode(frame)
-        for sym in sorted(self.inner.needs_snapshot() - self.snapped):
-            d = json.loads(frame)
-            d = d.get("data", d)
-            if d.get("e") == "depthUpdate" and d.get("s") == sym:
-                out = out + self.inner.on_snapshot(sym, d["U"], d["b"], d["a"], d["E"])
-                self.snapped.add(sym)
-        return out
-
-
-def _cryptofeed_frames(path: Path):
-    """cryptofeed's recorder: a URL line, then 'ts: frame' (received) and 'URL <- ts: ...' (sent)."""
-    with path.open(encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            head, sep, body = line.rstrip("\n").partition(": ")
-            if sep and "<-" not in head:
-                yield body
-
-
-def _hftbacktest_frames(path: Path):
-    """hftbacktest's raw Binance capture: '<local ns> <frame>' per line, gzipped."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            _, sep, body = line.rstrip("\n").partition(" ")
-            if sep:
-                yield body
-
-
-def _plain_frames(path: Path):
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield line.strip()
+# Read by monitor.sources.RecordedItems, as `perpwatch replay` reads them: the hftbacktest
+# capture syncs from its inline REST body; the cryptofeed file and the excerpt carry no
+# snapshot, so their books stay unsynced and the row says so (books_unsynced).
 
 
 def real_recordings() -> list[dict]:
     shared = ROOT.parent / "shared" / "data" / "real"
-    candidates = [(ROOT / "tests" / "data" / "binance_usdm_excerpt.jsonl", "binance-usdm", _plain_frames),
-                  (shared / "BINANCE_FUTURES.ws.1.0", "binance-usdm", _cryptofeed_frames),
-                  (shared / "binance_usdm_ethusdt_20240808.hftbacktest.gz", "binance-usdm", _hftbacktest_frames)]
+    candidates = [(ROOT / "tests" / "data" / "binance_usdm_excerpt.jsonl", "binance-usdm"),
+                  (shared / "BINANCE_FUTURES.ws.1.0", "binance-usdm"),
+                  (shared / "binance_usdm_ethusdt_20240808.hftbacktest.gz", "binance-usdm")]
     cannot = {"BITGET.ws.2.0": "Bitget mix v1 (books/candle/trade/ticker): perpwatch has no Bitget codec",
               "BITMEX.ws.1.0": "BitMEX orderBookL2/trade: perpwatch has no BitMEX codec",
               "OKX.ws.1.0": "OKX v5 public (tickers, books, trades): perpwatch has no OKX codec"}
     rows = []
-    for path, fmt, frames in candidates:
+    for path, fmt in candidates:
         if not path.exists():
             rows.append({"recording": str(path), "replayed": False, "why": "absent"})
             continue
-        pipeline, codec = build_pipeline(), FirstDiffSnapshots()
-        found = pipeline.run_frames(frames(path), codec)
+        pipeline, codec = build_pipeline(), codec_for(fmt)
+        found = pipeline.run_items(RecordedItems(path), lambda _: codec)
         hours = (pipeline.clock.now - pipeline.clock.first) / 3.6e6
         kinds = Counter(a.kind for a in found)
         alerts = sum(v for k, v in kinds.items() if k not in ("feed_gap", "feed_stale"))
+        books = pipeline.state.books
         rows.append({"recording": path.name, "replayed": True, "format": fmt, "frames": codec.stats.frames,
                      "events": sum(pipeline.counts.values()), "by_type": dict(pipeline.counts),
+                     "books_synced": sorted(s for s, b in books.items() if b.reliable),
+                     "books_unsynced": sorted(codec.needs_snapshot() | {s for s, b in books.items() if not b.reliable}),
                      "unknown": dict(codec.stats.unknown), "dropped": dict(codec.stats.dropped),
                      "event_minutes": round(hours * 60, 2), "anomalies": dict(kinds), "alerts": alerts,
                      "alerts_per_h": round(alerts / hours, 2) if hours > 0 else None})

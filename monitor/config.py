@@ -98,6 +98,8 @@ class SourceConfig(_Section):
     ping_timeout: Duration = _d("20s")
     reconnect_max: Duration = _d("30s")  # cap of the exponential reconnect backoff
     stale_after: Duration = _d("30s")  # no frame for this long (wall time) => feed_stale; the source reconnects
+    unsynced_after: Duration = _d("30s")  # a book out of sync this long (event time) => coverage book_not_synced
+    silent_after: Duration = _d("60s")  # a continuous stream silent this long (event time) => coverage stream_silent
 
 
 class StoreConfig(_Section):

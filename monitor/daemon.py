@@ -38,7 +38,9 @@ from monitor.ops.jobs import Jobs
 from monitor.ops.supervise import Supervisor
 from monitor.ops.systemd import SdNotifier
 from monitor.pipeline import Pipeline, build_pipeline, tune_gc  # noqa: F401 (build_pipeline: re-exported)
-from monitor.sources import SourceStatus, run_websocket
+from monitor.codecs.formats import codec_for
+from monitor.codecs.recorded import Advance, Watch
+from monitor.sources import Recorder, SourceStatus, run_websocket
 from monitor.store import Store
 from monitor.venues import RestSnapshot, Session, make_session
 
@@ -62,12 +64,22 @@ MAX_UNSTORED_INCIDENTS = 20_000  # incident changes held while the store refuses
 WRITE_BATCH = 5_000  # anomalies per store transaction
 
 
+def recorder_for(cfg: Config, out_dir) -> Recorder:
+    """A recorder (``perpwatch record``) whose header names each source's format and how
+    the daemon watches its coverage, so a replay decodes and watches it the same way."""
+    watch = {s.name: Watch(s.symbols, list(getattr(codec_for(s.format), "CONTINUOUS", ())), s.unsynced_after.ms,
+                           s.silent_after.ms) for s in cfg.sources}
+    return Recorder(out_dir, {s.name: s.format for s in cfg.sources}, watch)
+
+
 class Daemon:
     IDLE_FLUSH_S = 0.5  # wall time without frames after which held anomalies are emitted
 
     def __init__(self, cfg: Config, *, sinks: list[AnomalySink] | None = None,
-                 store: Store | None = None, pipeline: Pipeline | None = None) -> None:
+                 store: Store | None = None, pipeline: Pipeline | None = None,
+                 recorder: Recorder | None = None) -> None:
         self.cfg = cfg
+        self.recorder = recorder  # perpwatch record: every processed item, in order, with its receive time
         restored = None if pipeline is not None else load_checkpoint(cfg)
         self.pipeline = pipeline or (restored.pipeline if restored else None) or build_pipeline(cfg)
         self.pipeline.clock.max_ahead_ms = cfg.daemon.max_ahead.ms  # the config wins over a checkpoint's
@@ -76,6 +88,10 @@ class Daemon:
         self.stall_ticks = 0  # times event time was advanced from wall time (a stalled stream)
         self.sessions: dict[str, Session] = {s.name: make_session(s) for s in cfg.sources}
         self.codecs: dict[str, Codec] = {name: s.codec for name, s in self.sessions.items()}
+        for s in cfg.sources:  # subscribed: the config's symbols and the venue's continuous streams
+            self.pipeline.coverage.watch(s.name, self.codecs[s.name], s.symbols,
+                                         getattr(self.codecs[s.name], "CONTINUOUS", ()),
+                                         unsynced_after_ms=s.unsynced_after.ms, silent_after_ms=s.silent_after.ms)
         self.status = {s.name: SourceStatus(s.name) for s in cfg.sources}
         self.store = store or Store(cfg.store.path)
         self.sinks = list(sinks or [])
@@ -95,7 +111,7 @@ class Daemon:
         self.notifier = SdNotifier()
         self._metrics = None
         self.started_wall = time.time()
-        self._queue: asyncio.Queue[tuple[str, bytes | str]] | None = None
+        self._queue: asyncio.Queue[tuple[str, bytes | str | RestSnapshot, int]] | None = None
         self._pending: list[Anomaly] = []  # raised since the last flush (moved to held there)
         self.incidents = IncidentTable(self.store.path)
         self._incidents: dict[str, Incident] = {}  # changed, not yet stored (latest state per id)
@@ -193,8 +209,8 @@ class Daemon:
                 log.warning("frames_unprocessed_at_stop", frames=self.frames_unprocessed,
                             note="the stop's time budget ran out (daemon.drain_timeout)")
                 break
-            name, frame = self._queue.get_nowait()
-            self._handle_safely(name, frame)
+            name, frame, recv_ns = self._queue.get_nowait()
+            self._handle_safely(name, frame, recv_ns)
         try:
             self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
         except Exception as e:
@@ -222,6 +238,11 @@ class Daemon:
             await asyncio.wait_for(self._store_incidents(), max(0.05, deadline - budget * 0.25 - loop.time()))
         except (TimeoutError, Exception) as e:
             self.supervisor.failed("final_incidents", e)
+
+        if self.recorder is not None:
+            self.recorder.close()
+            log.info("recording_closed", path=str(self.recorder.path), items=self.recorder.items,
+                     failed=self.recorder.failed)
 
         def close_all() -> None:
             self.incidents.close()
@@ -315,7 +336,7 @@ class Daemon:
         assert queue is not None
 
         async def sink(frame: bytes | str | RestSnapshot) -> None:
-            await queue.put((src.name, frame))
+            await queue.put((src.name, frame, time.time_ns()))
 
         session = self.sessions[src.name]
         resync = asyncio.create_task(session.resync(sink), name=f"resync:{src.name}")
@@ -330,7 +351,7 @@ class Daemon:
         while True:
             if queue.empty():
                 try:
-                    name, frame = await asyncio.wait_for(queue.get(), self.IDLE_FLUSH_S)
+                    name, frame, recv_ns = await asyncio.wait_for(queue.get(), self.IDLE_FLUSH_S)
                 except TimeoutError:  # the feed is quiet: emit what detectors hold
                     try:
                         self._pending.extend(self.pipeline.correlate(self.pipeline.flush()))
@@ -338,14 +359,17 @@ class Daemon:
                         self.supervisor.failed("detector_flush", e)
                     continue
             else:
-                name, frame = queue.get_nowait()
+                name, frame, recv_ns = queue.get_nowait()
                 if queue.qsize() % 64 == 0:
                     await asyncio.sleep(0)  # let sources, the flusher and signals run under load
-            self._handle_safely(name, frame)
+            self._handle_safely(name, frame, recv_ns)
 
-    def _handle_safely(self, name: str, frame: bytes | str | RestSnapshot) -> None:
+    def _handle_safely(self, name: str, frame: bytes | str | RestSnapshot, recv_ns: int = 0) -> None:
         """One frame that makes the codec or the pipeline raise costs that frame: counted,
-        logged (rate-limited) with a sample, never the processor."""
+        logged (rate-limited) with a sample, never the processor. Recorded first (``perpwatch
+        record``), so a replay meets the same frame, the failing ones included."""
+        if self.recorder is not None:
+            self.recorder.write(name, frame, recv_ns)
         try:
             self._handle(name, frame)
         except Exception as e:
@@ -373,6 +397,8 @@ class Daemon:
             return
         target = self._anchor_ts + int((stalled - 1.0) * 1000)
         if target > now_ts:
+            if self.recorder is not None:
+                self.recorder.write("", Advance(target), time.time_ns())
             found = p.correlate(p.advance_to(target))
             self.stall_ticks += 1
             self._last_event_ts = p.clock.now  # our own move, not the stream's
@@ -396,7 +422,12 @@ class Daemon:
                 self._wake_flusher.set()
 
     async def _flush_forever(self, every_s: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        recorder_flushed = loop.time()
         while not self._draining.is_set():
+            if self.recorder is not None and loop.time() - recorder_flushed >= 1.0:
+                recorder_flushed = loop.time()
+                self.recorder.flush()
             try:  # woken by new anomalies (or the drain); otherwise every every_s for the drop log
                 await asyncio.wait_for(self._wake_flusher.wait(), every_s)
             except TimeoutError:

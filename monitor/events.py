@@ -128,9 +128,20 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", **_STRUCT):
     ts: Ts
 
 
+class Quote(msgspec.Struct, tag="quote", **_STRUCT):
+    """A venue's own best bid/ask (Binance ``bookTicker``) at the moment our book from depth
+    diffs reached the same update id: the state checks the book against it. Internal (venue
+    codecs emit it); not part of the native feed protocol."""
+
+    symbol: Symbol
+    ts: Ts
+    bid: float
+    ask: float
+
+
 Event = Union[Book, Order, Trade, Mark, Position, Account, Liquidation, Heartbeat]
-EVENT_TYPES: tuple[type, ...] = (Book, Order, Trade, Mark, Position, Account, Liquidation, Heartbeat)
-EVENT_TAGS: frozenset[str] = frozenset(t.__struct_config__.tag for t in EVENT_TYPES)
+EVENT_TAGS: frozenset[str] = frozenset(t.__struct_config__.tag for t in Event.__args__)  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type, ...] = (Book, Order, Trade, Mark, Position, Account, Liquidation, Heartbeat, Quote)
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}

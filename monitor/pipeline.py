@@ -21,11 +21,12 @@ from typing import Callable, Iterable
 from alerts.correlate import Correlator, Incident
 from detectors import build_detectors
 from detectors.base import Detector
-from monitor.codecs import Codec
+from monitor.codecs import Codec, recorded
 from monitor.config import Config, ConfigError
 from monitor.config import parse as parse_config
 from monitor.events import EVENT_TYPES, Anomaly, Event
 from monitor.state import EventClock, ExposureGraph, MarketState
+from monitor.state.coverage import Coverage
 
 
 def tune_gc() -> None:
@@ -58,6 +59,9 @@ class Pipeline:
         self.correlator = correlator
         self._changed: dict[str, Incident] = {}  # incidents changed since take_incidents(), latest state
         self.clock = EventClock(tick_ms, max_ahead_ms=max_ahead_ms, resync_after=resync_after)
+        # The sources' codecs, watched for what they cannot give (monitor.state.coverage). Not
+        # checkpointed: the codecs are the shell's; it watches them again after a restart.
+        self.coverage = Coverage()
         self.type_counts: dict[type, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.refused = 0
         # Decided once: per event type, the state update and the detectors that see it.
@@ -154,6 +158,8 @@ class Pipeline:
             found = d.on_tick(now, self.state)
             if found:
                 out.extend(found)
+        if self.coverage.watched:
+            out.extend(self.coverage.on_tick(now, self.state))
         return out
 
     def flush(self) -> list[Anomaly]:
@@ -173,6 +179,33 @@ class Pipeline:
         kept: list[Anomaly] = []
         for frame in frames:
             found = self.feed(codec.decode(frame))
+            if found:
+                kept.extend(found)
+                if on_batch is not None and len(kept) >= batch:
+                    on_batch(kept)
+                    kept = []
+        kept.extend(self.correlate(self.flush()))
+        if on_batch is not None:
+            on_batch(kept)
+            return []
+        return kept
+
+    def run_items(self, items: Iterable[recorded.Item], codec_of: Callable[[str], Codec],
+                  on_batch: Callable[[list[Anomaly]], None] | None = None, batch: int = 1000) -> list[Anomaly]:
+        """A recorded session (``monitor.codecs.recorded``) to the end, as the daemon ran it:
+        each frame decoded by its source's codec (``codec_of(source)``), each REST snapshot
+        handed to that codec, each stall advance run as the same ticks, and the pipeline fed
+        only when a payload gave events (the daemon's rule). ``on_batch`` as in run_frames."""
+        kept: list[Anomaly] = []
+        decode = recorded.decode
+        for source, payload, _ in items:
+            if type(payload) is recorded.Advance:
+                found = self.correlate(self.advance_to(payload.ts))
+            else:
+                events = decode(codec_of(source), payload)
+                if not events:
+                    continue
+                found = self.feed(events)
             if found:
                 kept.extend(found)
                 if on_batch is not None and len(kept) >= batch:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import heapq
+import os
 import random
 import ssl
 import time
@@ -38,6 +40,7 @@ import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from monitor.codecs import recorded
 from monitor.config import SourceConfig
 
 log = structlog.get_logger("perpwatch.sources")
@@ -324,6 +327,7 @@ class Recording:
         self.max_line_bytes = max_line_bytes
         self.lines = 0
         self.skipped_lines = 0
+        self.truncated = False
 
     def __iter__(self) -> Iterator[bytes]:
         p = self.path
@@ -334,7 +338,13 @@ class Recording:
         with opener(p, "rb") as f:
             readline = f.readline
             while True:
-                line = readline(limit + 1)
+                try:
+                    line = readline(limit + 1)
+                except EOFError:  # a gzip cut off (a killed recorder): what was flushed is there
+                    self.truncated = True
+                    log.warning("recording_truncated", path=str(self.path), line=self.lines,
+                                action="stopped at the cut")
+                    return
                 if not line:
                     return
                 self.lines += 1
@@ -361,3 +371,121 @@ def read_recording(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Re
     """Frames from a recording; see :class:`Recording` (iterate it; ``skipped_lines`` counts
     the lines over ``max_line_bytes``)."""
     return Recording(path, max_line_bytes)
+
+
+# -- recorded sessions: perpwatch record writes them, replay reads them and the others ----
+RECORDING_SUFFIX = ".rec.gz"
+
+
+class Recorder:
+    """Appends every item the daemon processes (frames, REST snapshots, stall advances) to
+    ``DIR/perpwatch-<UTC start>-<pid>.rec.gz`` with its receive time, in processing order
+    (see ``monitor.codecs.recorded``), so ``perpwatch replay`` feeds the pipeline what the
+    daemon fed it.
+
+    Gzip level 1, flushed (``Z_SYNC_FLUSH``) by the daemon's flusher about once a second:
+    a killed daemon loses at most that second, and the reader stops cleanly at a cut-off
+    end. A write that fails (full disk) is counted and logged once a minute; the daemon
+    goes on detecting. The file grows until the daemon stops: rotate by restarting.
+    """
+
+    def __init__(self, out_dir: str | Path, sources: dict[str, str],
+                 watch: dict[str, recorded.Watch] | None = None) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path = out / f"perpwatch-{stamp}-{os.getpid()}{RECORDING_SUFFIX}"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._raw = os.fdopen(fd, "wb")
+        self._f = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=1)
+        self._f.write(recorded.header_line(sources, watch))
+        self.items = 0
+        self.failed = 0
+        self._last_log = 0.0
+
+    def write(self, source: str, payload: Any, recv_ns: int) -> None:
+        try:
+            self._f.write(recorded.format_item(source, payload, recv_ns))
+            self.items += 1
+        except (OSError, ValueError) as e:  # full disk; ValueError: written after close
+            self._failed(e)
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+            self._raw.flush()
+        except (OSError, ValueError) as e:
+            self._failed(e)
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+            self._raw.close()
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, e: BaseException) -> None:
+        self.failed += 1
+        now = time.monotonic()
+        if now - self._last_log >= 60.0:
+            self._last_log = now
+            log.error("recording_write_failed", path=str(self.path), error=f"{type(e).__name__}: {e}"[:300],
+                      failed_total=self.failed, note="the daemon goes on; the recording has a hole")
+
+
+class RecordedItems:
+    """Items of a recorded session (``monitor.codecs.recorded``): a perpwatch recording, a
+    directory of them (in name order, which is start-time order), an hftbacktest capture,
+    a cryptofeed ``.ws.`` file (merged by receive time with its sibling ``.http.`` files,
+    which hold the REST snapshots), or a plain one-frame-per-line file.
+
+    ``sources`` is the perpwatch header's source -> format ({} for the other containers:
+    every item is for the one codec the caller chose). After iterating, ``skipped_lines``
+    and ``unreadable`` count what could not be used.
+    """
+
+    def __init__(self, path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        p = Path(path)
+        self.files = sorted(f for f in p.iterdir() if f.name.endswith(RECORDING_SUFFIX)) if p.is_dir() else [p]
+        self.max_line_bytes = max_line_bytes
+        self.container = "lines"
+        self.sources: dict[str, str] = {}
+        self.watch: dict[str, recorded.Watch] = {}
+        self.http: list[Path] = []
+        self._parts: list[Any] = []
+        if not self.files:
+            return
+        first = next(iter(Recording(self.files[0], max_line_bytes)), b"")
+        self.container = recorded.detect(first)
+        if self.container == "perpwatch":
+            for f in self.files:
+                sources, watch = recorded.parse_header(next(iter(Recording(f, max_line_bytes)), b""))
+                self.sources.update(sources)
+                self.watch.update(watch)
+        elif self.container == "cryptofeed" and ".ws." in p.name:
+            prefix = p.name.split(".ws.", 1)[0] + ".http."
+            self.http = sorted(f for f in p.parent.iterdir() if f.name.startswith(prefix))
+
+    @property
+    def skipped_lines(self) -> int:
+        return sum(r.skipped_lines for r, _ in self._parts)
+
+    @property
+    def unreadable(self) -> int:
+        return sum(i.unreadable for _, i in self._parts)
+
+    def _open(self, path: Path, container: str) -> Iterator[recorded.Item]:
+        rec = Recording(path, self.max_line_bytes)
+        its = recorded.Items(rec, container)
+        self._parts.append((rec, its))
+        return iter(its)
+
+    def __iter__(self) -> Iterator[recorded.Item]:
+        self._parts = []
+        if self.container == "cryptofeed" and self.http:
+            streams = [self._open(self.files[0], "cryptofeed")]
+            streams += [self._open(h, "cryptofeed-http") for h in self.http]
+            yield from heapq.merge(*streams, key=lambda item: item[2])
+            return
+        for f in self.files:
+            yield from self._open(f, self.container)

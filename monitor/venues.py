@@ -20,6 +20,7 @@ import structlog
 from monitor.codecs.formats import codec_for
 from monitor.codecs.binance_usdm import BinanceUsdmCodec
 from monitor.codecs.bybit_v5 import BybitV5Codec
+from monitor.codecs.recorded import Snapshot
 from monitor.config import SourceConfig
 from monitor.sources import Session, describe  # Session: the native protocol's, the base of the venues'
 
@@ -32,11 +33,7 @@ BINANCE_MAX_STREAMS = 1024  # per combined-stream connection (venue limit)
 _encode = msgspec.json.Encoder().encode
 
 
-class RestSnapshot(msgspec.Struct, frozen=True):
-    """A REST book snapshot to hand the codec, in order with the source's frames."""
-
-    symbol: str
-    body: bytes
+RestSnapshot = Snapshot  # a REST book snapshot to hand the codec, in order with the source's frames
 
 
 class BinanceSession(Session):

@@ -143,4 +143,4 @@ enabled = false
         assert book.reliable and book.gaps == 0
         assert book.bids == ref.books[symbol].bids and book.asks == ref.books[symbol].asks
         assert book.pulled > 0  # L2 liquidity removal is measured: the input of inferred cancels
-    assert daemon.codecs["binance"].stats.unknown  # bookTicker / kline counted, not fatal
+    assert daemon.codecs["binance"].stats.unknown  # kline counted, not fatal

@@ -103,26 +103,76 @@ def run(config: Path = ConfigOpt) -> None:
 
 
 @app.command()
-def replay(
-    file: Path = typer.Argument(..., help="Recording: one frame per line (JSON), optionally gzipped."),
+def record(
     config: Path = ConfigOpt,
-    fmt: Optional[str] = typer.Option(None, "--format", help="Codec (default: the first source's format)."),
+    out: Path = typer.Option(..., "--out", help="Directory for the recording (created if missing)."),
+) -> None:
+    """Run the daemon and record what it processes: every source's frames with their receive
+    time, the REST snapshots it fetched and its stall ticks, so `perpwatch replay DIR` gives
+    the same books and anomalies. SIGTERM drains, as for run."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    cfg = load_config(config)
+    if not cfg.sources:
+        raise fail("config error: sources: at least one [[sources]] entry is required to run", 2)
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out: {out} exists and is not a directory", 2)
+    from monitor import logs
+    from monitor.daemon import Daemon
+    from monitor.daemon import recorder_for
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    try:
+        recorder = recorder_for(cfg, out)
+    except OSError as e:
+        raise fail(f"--out: cannot write a recording in {out}: {e.strerror or e}", 2) from None
+    with user_errors():
+        daemon = Daemon(cfg, recorder=recorder)
+    err.print(f"recording to {recorder.path}", highlight=False)
+    code = asyncio.run(daemon.run())
+    raise typer.Exit(code)
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="A recording: a `perpwatch record` file or directory, an hftbacktest "
+                                "capture, a cryptofeed .ws. file (its .http. siblings beside it), or one frame "
+                                "per line (JSON); optionally gzipped."),
+    config: Path = ConfigOpt,
+    fmt: Optional[str] = typer.Option(None, "--format", help="Codec (default: the first source's format; a "
+                                      "`perpwatch record` recording names each source's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Replay a recording through the same pipeline, as fast as the CPU allows."""
     cfg = load_config(config)
     from monitor.codecs.formats import FORMATS, codec_for
     from monitor.pipeline import build_pipeline, tune_gc
-    from monitor.sources import read_recording
+    from monitor.sources import RecordedItems
 
     if not file.exists():
         raise fail(f"no such recording: {file}", 2)
     fmt = fmt or (cfg.sources[0].format if cfg.sources else "perpwatch")
     if fmt not in FORMATS:
         raise fail(f"--format: unknown format {fmt!r} (known: {', '.join(FORMATS)})", 2)
+    recording = RecordedItems(file)
+    if not recording.files:
+        raise fail(f"no recording in {file} (a directory holds perpwatch-*.rec.gz files)", 2)
+    unknown = {n: f for n, f in recording.sources.items() if f not in FORMATS}
+    if unknown:
+        raise fail(f"{file}: recorded sources with formats this perpwatch does not know: {unknown}", 2)
     with user_errors():
-        codec = codec_for(fmt)
+        default = codec_for(fmt)
+        codecs = {name: codec_for(f) for name, f in recording.sources.items()}
         pipeline = build_pipeline(cfg)
+        base = cfg.sources[0] if cfg.sources else None
+        for name, c in (codecs or {"": default}).items():
+            w = recording.watch.get(name)
+            if w is not None:  # watched as the recording daemon watched it
+                pipeline.coverage.watch(name, c, w.symbols, tuple(w.streams), unsynced_after_ms=w.unsynced_after_ms,
+                                        silent_after_ms=w.silent_after_ms)
+            else:  # subscriptions unknown: the symbols and continuous streams the recording has
+                pipeline.coverage.watch(name, c, (), None,
+                                        unsynced_after_ms=base.unsynced_after.ms if base else 30_000,
+                                        silent_after_ms=base.silent_after.ms if base else 60_000)
         store = Store(cfg.store.path)
         from alerts.incidents import IncidentTable
 
@@ -136,18 +186,31 @@ def replay(
 
     tune_gc()
     t0 = time.perf_counter()
-    recording = read_recording(file)
-    pipeline.run_frames(recording, codec, on_batch=store_batch)
+    pipeline.run_items(recording, lambda source: codecs.get(source, default), on_batch=store_batch)
     store.close()
     incidents.close()
     elapsed = time.perf_counter() - t0
     events = sum(pipeline.counts.values())
+    used = list(codecs.values()) or [default]
+    dropped: Counter[str] = Counter()
+    unknown_kinds: Counter[str] = Counter()
+    unsynced: list[str] = []
+    for c in used:
+        dropped.update(c.stats.dropped)
+        unknown_kinds.update(c.stats.unknown)
+        waiting = getattr(c, "needs_snapshot", None)
+        if waiting is not None:
+            unsynced += sorted(waiting())
+    books = pipeline.state.books
     summary = {
-        "frames": codec.stats.frames, "events": events,
+        "container": recording.container,
+        "frames": sum(c.stats.frames for c in used), "events": events,
         "events_per_s": round(events / elapsed) if elapsed > 0 else None,
         "elapsed_s": round(elapsed, 3), "anomalies": dict(kinds),
-        "dropped": dict(codec.stats.dropped), "unknown": dict(codec.stats.unknown),
-        "skipped_lines": recording.skipped_lines,
+        "books_synced": sorted(s for s, b in books.items() if b.reliable),
+        "books_unsynced": sorted(set(unsynced) | {s for s, b in books.items() if not b.reliable}),
+        "dropped": dict(dropped), "unknown": dict(unknown_kinds),
+        "skipped_lines": recording.skipped_lines, "unreadable_lines": recording.unreadable,
     }
     if as_json:
         print(msgspec.json.encode(summary).decode())

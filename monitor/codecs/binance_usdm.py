@@ -10,6 +10,12 @@ Mapping (every ``ts`` is the event time ``E``, in ms):
 - ``depthUpdate`` -> ``Book`` deltas, through one :class:`BinanceDepthSync` per symbol
   (the venue's documented buffer / REST snapshot / ``pu`` chain procedure).
 - ``aggTrade`` -> ``Trade``; ``m`` true means the buyer was the maker, so the taker sold.
+  ``trade`` (the raw stream, as hftbacktest records it) -> ``Trade`` the same way, for
+  ``X = MARKET`` prints (others counted by type). Subscribe one of the two, not both:
+  the same fills would count twice.
+- ``bookTicker`` -> ``Quote`` when the book stands at the ticker's update id ``u`` (the
+  last applied diff's ``u``): the state checks our best bid/ask against the venue's and
+  counts a divergence (reported as ``coverage``); at other moments nothing is emitted.
 - ``forceOrder`` -> ``Liquidation`` (side of the forced order: ``SELL`` closes a long)
   plus ``Trade(liquidation=True)``, the forced order being the taker. Binance pushes at
   most the latest liquidation per symbol per second, so this flow is a lower bound of
@@ -18,7 +24,8 @@ Mapping (every ``ts`` is the event time ``E``, in ms):
   volume across both double-counts the liquidation part.
 - ``markPriceUpdate`` -> ``Mark`` (``p`` mark, ``i`` index, ``r`` funding rate);
   ``!markPrice@arr`` frames (a list of them) decode too.
-- ``bookTicker``, ``kline`` and anything else: counted in ``stats.unknown`` by kind.
+- ``kline`` (skipped on purpose, see ``IGNORED``) and anything else: counted in
+  ``stats.unknown`` by kind.
   Subscription replies (``{"result": null, "id": 1}``) count as ``unknown["control"]``;
   a venue ``error`` reply is a drop, because it means a subscription did not happen.
 
@@ -50,7 +57,7 @@ from urllib.parse import quote
 import msgspec
 
 from monitor.codecs import DecodeStats
-from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Size, Symbol, Trade, Ts
+from monitor.events import Book, Event, Level, Liquidation, Mark, Price, Quote, Size, Symbol, Trade, Ts
 
 DEPTH_SPEEDS = {"100ms": "@depth@100ms", "250ms": "@depth", "500ms": "@depth@500ms"}
 DEFAULT_BUFFER = 1000
@@ -105,15 +112,28 @@ class MarkPriceUpdate(msgspec.Struct, tag="markPriceUpdate", **_PAYLOAD):
     funding_rate: str = msgspec.field(name="r", default="")
 
 
-class _BookTicker(msgspec.Struct, tag="bookTicker", **_PAYLOAD):
-    pass  # our book comes from depth; the kind is only counted
+class RawTrade(msgspec.Struct, tag="trade", **_PAYLOAD):
+    symbol: Symbol = msgspec.field(name="s")
+    ts: Ts = msgspec.field(name="E")
+    price: Price = msgspec.field(name="p")
+    size: Size = msgspec.field(name="q")
+    buyer_is_maker: bool = msgspec.field(name="m")
+    order_type: str = msgspec.field(name="X", default="MARKET")
+
+
+class BookTicker(msgspec.Struct, tag="bookTicker", **_PAYLOAD):
+    symbol: Symbol = msgspec.field(name="s")
+    ts: Ts = msgspec.field(name="E")
+    update_id: int = msgspec.field(name="u")
+    bid: float = msgspec.field(name="b")
+    ask: float = msgspec.field(name="a")
 
 
 class _Kline(msgspec.Struct, tag="kline", **_PAYLOAD):
     pass
 
 
-Payload = Union[DepthUpdate, AggTrade, ForceOrder, MarkPriceUpdate, _BookTicker, _Kline]
+Payload = Union[DepthUpdate, AggTrade, RawTrade, ForceOrder, MarkPriceUpdate, BookTicker, _Kline]
 _KNOWN_KINDS = frozenset(t.__struct_config__.tag for t in Payload.__args__)  # type: ignore[attr-defined]
 
 
@@ -177,7 +197,7 @@ class BinanceDepthSync:
     """
 
     __slots__ = ("symbol", "state", "seq", "last_final", "snapshot_id", "buffer", "max_buffer",
-                 "overflow", "gaps", "discarded", "stale_snapshots", "_stats")
+                 "overflow", "gaps", "discarded", "stale_snapshots", "_stats", "waiting_since", "last_ts")
 
     def __init__(self, symbol: str, max_buffer: int = DEFAULT_BUFFER, stats: DecodeStats | None = None) -> None:
         self.symbol = symbol
@@ -192,6 +212,8 @@ class BinanceDepthSync:
         self.discarded = 0  # diffs older than the snapshot (normal, not an error)
         self.stale_snapshots = 0  # snapshots refused because diffs after them were lost
         self._stats = stats if stats is not None else DecodeStats()
+        self.waiting_since: int | None = None  # event time this book started waiting to (re)sync
+        self.last_ts = 0  # event time of the last diff seen, applied or buffered
 
     @property
     def needs_snapshot(self) -> bool:
@@ -199,6 +221,7 @@ class BinanceDepthSync:
 
     def on_depth(self, m: DepthUpdate) -> list[Book]:
         state = self.state
+        self.last_ts = m.ts
         if state == _LIVE:
             if m.prev_final_id != self.last_final:
                 return self._gap(m)
@@ -212,6 +235,7 @@ class BinanceDepthSync:
             if m.first_id > self.snapshot_id:  # type: ignore[operator]
                 return self._gap(m)  # the diff bridging the snapshot was lost
             self.state = _LIVE
+            self.waiting_since = None
         self.last_final = m.final_id
         self.seq += 1
         return [Book(self.symbol, m.ts, self.seq, False, m.bids, m.asks)]
@@ -244,6 +268,7 @@ class BinanceDepthSync:
     def _gap(self, m: DepthUpdate) -> list[Book]:
         self.gaps += 1
         self.state = _WAIT
+        self.waiting_since = m.ts
         self.buffer.clear()
         self._buffer(m)  # the next snapshot may land inside this diff's [U, u]
         self.last_final = m.final_id
@@ -251,6 +276,8 @@ class BinanceDepthSync:
         return [Book(self.symbol, m.ts, self.seq, False, m.bids, m.asks)]
 
     def _buffer(self, m: DepthUpdate) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = m.ts
         if len(self.buffer) >= self.max_buffer:
             self.buffer.popleft()
             self.overflow += 1
@@ -268,8 +295,15 @@ class BinanceUsdmCodec:
     the returned events like any decoded ones.
     """
 
+    # Streams the venue publishes continuously (coverage: silence there is a fault), and the
+    # message kinds skipped on purpose (counted, not reported as coverage).
+    CONTINUOUS = ("depth", "markPrice")
+    IGNORED = frozenset({"kline", "control"})
+    REPORT_UNKNOWN = True
+
     def __init__(self, max_buffer: int = DEFAULT_BUFFER, max_symbols: int = MAX_SYMBOLS) -> None:
         self.stats = DecodeStats()
+        self.mark_ts: dict[str, int] = {}  # symbol -> event time of its last mark (bounded like books)
         self.max_buffer = max_buffer
         self.max_symbols = max_symbols  # books beyond this are refused (too_many_symbols), not grown
         self.books: dict[str, BinanceDepthSync] = {}
@@ -278,7 +312,8 @@ class BinanceUsdmCodec:
             AggTrade: self._agg_trade,
             ForceOrder: self._force_order,
             MarkPriceUpdate: self._mark,
-            _BookTicker: self._ignored,
+            RawTrade: self._raw_trade,
+            BookTicker: self._book_ticker,
             _Kline: self._ignored,
         }
 
@@ -323,7 +358,7 @@ class BinanceUsdmCodec:
         else:
             self.stats.drop("invalid_event", frame, str(err))
 
-    def _ignored(self, m: _BookTicker | _Kline) -> list[Event]:
+    def _ignored(self, m: _Kline) -> list[Event]:
         self.stats.count_unknown(m.__struct_config__.tag)
         return []
 
@@ -343,6 +378,21 @@ class BinanceUsdmCodec:
     def _agg_trade(self, m: AggTrade) -> list[Event]:
         return [Trade(m.symbol, m.ts, m.price, m.size, "sell" if m.buyer_is_maker else "buy")]
 
+    def _raw_trade(self, m: RawTrade) -> list[Event]:
+        if m.order_type != "MARKET":  # INSURANCE_FUND / ADL prints: counted by type, not a taker's trade
+            self.stats.count_unknown(f"trade:{m.order_type}")
+            return []
+        return [Trade(m.symbol, m.ts, m.price, m.size, "sell" if m.buyer_is_maker else "buy")]
+
+    def _book_ticker(self, m: BookTicker) -> list[Event]:
+        """A Quote only when our book stands at exactly the ticker's update id (the last
+        applied diff's ``u``): then both must show the same best bid/ask. Otherwise the two
+        streams are simply at different moments and nothing is compared."""
+        sync = self.books.get(m.symbol)
+        if sync is None or sync.state != _LIVE or sync.last_final != m.update_id:
+            return []
+        return [Quote(m.symbol, m.ts, m.bid, m.ask)]
+
     def _force_order(self, m: ForceOrder) -> list[Event]:
         o = m.order
         price = o.avg_price or o.price
@@ -354,7 +404,20 @@ class BinanceUsdmCodec:
         return [Liquidation(o.symbol, m.ts, side, price, size), Trade(o.symbol, m.ts, price, size, side, True)]
 
     def _mark(self, m: MarkPriceUpdate) -> list[Event]:
+        if m.symbol in self.mark_ts or len(self.mark_ts) < self.max_symbols:
+            self.mark_ts[m.symbol] = m.ts
         return [Mark(m.symbol, m.ts, m.mark, m.index, funding_rate=_rate(m.funding_rate))]
+
+    # -- coverage (monitor.state.coverage reads these at ticks, never per event) ---------
+    def unsynced(self) -> dict[str, int]:
+        """Symbols whose book is not (yet, or no longer) in sync -> since when (event time)."""
+        return {s: b.waiting_since for s, b in self.books.items() if b.state != _LIVE and b.waiting_since is not None}
+
+    def last_seen(self) -> dict[tuple[str, str], int]:
+        """(stream, symbol) -> event time of its last message, for the CONTINUOUS streams."""
+        out = {("depth", s): b.last_ts for s, b in self.books.items()}
+        out.update((("markPrice", s), ts) for s, ts in self.mark_ts.items())
+        return out
 
     # -- book synchronisation ----------------------------------------------------------
     def needs_snapshot(self) -> set[str]:
@@ -384,8 +447,14 @@ class BinanceUsdmCodec:
             return []
         return self._apply_snapshot(symbol, lid, b, a, t)
 
-    def on_rest_snapshot(self, symbol: str, body: bytes | str, ts: int | None = None) -> list[Event]:
-        """Feed the raw body of ``GET /fapi/v1/depth``; ``ts`` defaults to its ``E``."""
+    def on_rest_snapshot(self, symbol: str | None, body: bytes | str, ts: int | None = None) -> list[Event]:
+        """Feed the raw body of ``GET /fapi/v1/depth``; ``ts`` defaults to its ``E``.
+
+        ``symbol`` None (a recording that kept the body alone, as hftbacktest's collector
+        does): the snapshot goes to the waiting book whose buffered diffs span its
+        ``lastUpdateId`` (update ids are per symbol and far apart), else to the only book
+        waiting; otherwise it is dropped as ``snapshot_unmatched``.
+        """
         try:
             snap = _rest_depth.decode(body)
         except Exception as e:  # msgspec errors, RecursionError...: never raise on input
@@ -395,7 +464,19 @@ class BinanceUsdmCodec:
         if t is None:
             self.stats.drop("invalid_snapshot", body, "no event time")
             return []
+        if symbol is None:
+            symbol = self._match(snap.last_update_id)
+            if symbol is None:
+                self.stats.drop("snapshot_unmatched", body, "no waiting book it could belong to")
+                return []
         return self.on_snapshot(symbol, snap.last_update_id, snap.bids, snap.asks, t)
+
+    def _match(self, lid: int) -> str | None:
+        waiting = [(s, b) for s, b in self.books.items() if b.state == _WAIT]
+        spanning = [s for s, b in waiting if b.buffer and b.buffer[0].first_id <= lid <= b.buffer[-1].final_id]
+        if len(spanning) == 1:
+            return spanning[0]
+        return waiting[0][0] if len(waiting) == 1 else None
 
     def _apply_snapshot(self, symbol: str, lid: int, bids: list[Level], asks: list[Level], ts: int) -> list[Event]:
         sync = self.books.get(symbol) or self._new_book(symbol)

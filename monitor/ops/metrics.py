@@ -65,7 +65,24 @@ class DaemonCollector:
             for reason, n in (("clean_close", st.clean_closes), ("stale", st.stale_reconnects),
                               ("oversized_frame", st.oversized), ("backoff", st.retries)):
                 reconnects.add_metric([name, reason], n)
-        yield from (frames, drops, unknown, connected, last, reconnects)
+        unknown_types = CounterMetricFamily("perpwatch_unknown_message_types", "Messages the codec does not decode, "
+                                            "by source and type (256 types per source, then '(other)').",
+                                            labels=["source", "type"])
+        unsynced = GaugeMetricFamily("perpwatch_books_unsynced", "Books waiting for a snapshot (never synced, or "
+                                     "resyncing), by source.", labels=["source"])
+        coverage = CounterMetricFamily("perpwatch_coverage_anomalies", "Coverage anomalies raised, by source and reason "
+                                       "(book_not_synced, stream_silent, unknown_message, book_ticker_divergence).",
+                                       labels=["source", "reason"])
+        for name in d.status:
+            codec = d.codecs[name]
+            for kind, n in list(codec.stats.unknown.items()):
+                unknown_types.add_metric([name, kind], n)
+            waiting = getattr(codec, "unsynced", None)
+            if waiting is not None:
+                unsynced.add_metric([name], len(waiting()))
+        for (name, reason), n in d.pipeline.coverage.raised().items():
+            coverage.add_metric([name, reason], n)
+        yield from (frames, drops, unknown, connected, last, reconnects, unknown_types, unsynced, coverage)
         gaps = CounterMetricFamily("perpwatch_book_gaps", "Book sequence gaps, by symbol.", labels=["symbol"])
         for sym, book in d.pipeline.state.books.items():
             if book.gaps:

@@ -60,7 +60,7 @@ GRACE_MS = 60_000  # detectors look back up to a minute: a firing that late stil
 NO_GRACE = {"thin_book_cluster", "cascade"}  # credited only within the episode
 WARMUP_MS = 120_000  # the scenarios' calm warm-up (scenarios.WARMUP_S)
 INCIDENT_GAP_MS = 300_000
-IGNORED = {"feed_gap", "feed_stale"}
+IGNORED = {"feed_gap", "feed_stale", "coverage"}
 
 
 def evaluate(anomalies: Iterable[dict[str, Any]], labels: list[Label], start_ts: int, end_ts: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from monitor.events import Account, Book, Event, Heartbeat, Liquidation, Mark, Order, Position, Trade
+from monitor.events import Account, Book, Event, Heartbeat, Liquidation, Mark, Order, Position, Quote, Trade
 from monitor.state.accounts import AccountBook, AccountState, Pos
 from monitor.state.book import L2Book, Status
 from monitor.state.clock import EventClock
@@ -70,12 +70,21 @@ class MarketState:
         self._apply = {
             Book: self._book, Mark: self._mark, Trade: self._trade, Position: self._position,
             Account: self._account, Order: self._order, Liquidation: self._liquidation, Heartbeat: _noop,
+            Quote: self._quote,
         }
 
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
         if "symbol_names" not in d:  # a checkpoint from before symbol_names
             self.symbol_names = {s: s for s in self.marks}
+
+    def _quote(self, ev: Quote) -> bool:
+        """The venue's best bid/ask against our book at the same update id; a disagreement is
+        counted on the book (``ticker_divergences``, coverage reports it)."""
+        book = self.books.get(ev.symbol)
+        if book is not None and book.reliable:
+            book.check_quote(ev.ts, ev.bid, ev.ask)
+        return True
 
     def apply(self, ev: Event) -> bool:
         """Update state with one event. False when the event was refused (symbol flood)."""

@@ -24,7 +24,7 @@ Status = Literal["snapshot", "ok", "gap", "ignored"]
 class L2Book:
     __slots__ = (
         "symbol", "bids", "asks", "seq", "seq_before_gap", "reliable", "gaps", "crossed", "last_ts",
-        "near_bps", "pulled", "pulled_near", "pulled_at",
+        "near_bps", "pulled", "pulled_near", "pulled_at", "ticker_checks", "ticker_divergences", "ticker_sample",
         "_best_bid", "_best_ask", "_version", "_sorted_version", "_sorted_bids", "_sorted_asks",
     )
 
@@ -46,6 +46,9 @@ class L2Book:
         # Per-price size taken off levels since a detector last drained it; None (off, no
         # cost) until a detector that matches decreases against trades at a price asks.
         self.pulled_at: dict[float, float] | None = None
+        self.ticker_checks = 0  # venue best bid/ask checked against this book (Binance bookTicker)
+        self.ticker_divergences = 0
+        self.ticker_sample: dict | None = None  # the last divergence
         self._best_bid: float | None = None
         self._best_ask: float | None = None
         self._version = 0
@@ -166,6 +169,16 @@ class L2Book:
             self._drop(self.asks, [q for q in self.asks if q <= mid])
             self._best_bid = max(self.bids) if self.bids else None
             self._best_ask = min(self.asks) if self.asks else None
+
+    def check_quote(self, ts: int, bid: float, ask: float) -> bool:
+        """The venue's best bid/ask at this book's update id: True if they agree."""
+        self.ticker_checks += 1
+        if bid == self._best_bid and ask == self._best_ask:
+            return True
+        self.ticker_divergences += 1
+        self.ticker_sample = {"ts": ts, "venue_bid": bid, "venue_ask": ask, "book_bid": self._best_bid,
+                              "book_ask": self._best_ask}
+        return False
 
     # -- queries ---------------------------------------------------------------------
     def best_bid(self) -> float | None:
