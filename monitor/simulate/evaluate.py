@@ -1,6 +1,6 @@
 """Strict replay evaluation: anomalies against ground-truth labels (``perpwatch evaluate``).
 
-What counts as detecting a label (``feed_gap`` and ``feed_stale`` are ignored throughout:
+What counts as detecting a label (``feed_gap``, ``feed_stale`` and ``coverage`` are ignored throughout:
 the simulator really drops messages):
 
 - ``cancel_burst``, ``leverage_jump``: an anomaly of that kind on the label's symbol (and
