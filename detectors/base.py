@@ -41,6 +41,9 @@ class Detector:
     name: ClassVar[str] = ""
     Config: ClassVar[type[DetectorConfig]] = DetectorConfig
     consumes: ClassVar[tuple[type, ...]] = ()  # event types routed to on_event
+    # parameter sets the check suite (detectors/checks.py) runs the detector under; empty:
+    # its defaults plus a small-cap set built from its config's own keys
+    check_params: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -52,6 +55,11 @@ class Detector:
         """Sizes of the per-symbol maps (name -> entries). Detectors only ever see events the
         state accepted, so each of these is bounded by the state's ``max_symbols`` (the
         check suite floods symbols and verifies it)."""
+        return {}
+
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Per-key maps and their caps (name -> (entries, cap)): the check suite floods
+        accounts and verifies each stays within its cap."""
         return {}
 
     def on_tick(self, now: int, state: MarketState) -> list[Anomaly]:

@@ -54,7 +54,7 @@ def params_for(cls: type[Detector]) -> list[dict]:
     """Parameter sets to check a detector under: its own ``check_params`` if it declares
     them, else the defaults plus a set with short warm-ups and small caps (only keys its
     config has)."""
-    declared = getattr(cls, "check_params", None)
+    declared = cls.check_params
     if declared:
         return [dict(p) for p in declared]
     fields = {f.name for f in msgspec.structs.fields(cls.Config)}
@@ -216,7 +216,7 @@ def check_memory_bounded(make: Make, events: list[Event]) -> None:
         p = Pipeline(MarketState(), [make()], tick_ms=250)
         p.process(account_flood(n))
         d = p.detectors[0]
-        for name, (length, cap) in (d.bounds() if hasattr(d, "bounds") else {}).items():
+        for name, (length, cap) in d.bounds().items():
             assert length <= cap, f"{name}: {length} entries over its cap {cap}"
         sizes.append(len(pickle.dumps(d)))
     cap = getattr(make().config, "max_accounts", None)
