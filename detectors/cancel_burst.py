@@ -25,7 +25,8 @@ Per symbol, two conditions; either fires, and one anomaly tells which (``trigger
 
 Each feature's baseline is ``detectors.baseline.EventBaseline`` (log space): a time
 constant of ``baseline_tau_ms`` of event time whatever the tick rate, an explicit
-``warmup_ms`` of event time before any anomaly, a std floor, anomalous values not learned,
+``warmup_ms`` of event time before any anomaly, a ``std_floor`` (log space: at 0.7 a z of
+4 takes ~16x the normal, past what calm re-quoting does), anomalous values not learned,
 and no learning at all on a symbol while an episode is open there (it must not learn the
 burst it is reporting); a level refused for ``readmit_ms`` in a row becomes the new normal.
 Count and near-touch z are reported. The second opinion is one shallow river
@@ -52,8 +53,7 @@ accounts cancelled in the window; the top one is named on it when it holds
 ``account_share`` of the cancels. An account acting alone -- its symbol quiet, or in an
 episode whose anomaly did not list it -- keeps its own anomaly, once per episode (nothing
 re-fires it: its ratio to its own normal is unbounded and doubles tick by tick while a
-burst builds). A new episode starts after the condition has been
-clear for ``rearm_ms``.
+burst builds). A new episode starts after the condition has been clear for ``rearm_ms``.
 
 Severity. Level: warning; critical when the surprise holds too. Surprise alone: L3
 warning, critical when both z reach ``z_critical``; L2-inferred cancels are estimates:
