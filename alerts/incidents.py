@@ -70,6 +70,10 @@ class IncidentTable:
         """How many incidents are stored as firing (for ``status``)."""
         return count(self.db, self._lock, "SELECT count(*) FROM incidents WHERE status = 'firing'") or 0
 
+    def count(self) -> int:
+        """How many incidents are stored (for the totals ``incidents`` shows)."""
+        return count(self.db, self._lock, "SELECT count(*) FROM incidents") or 0
+
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         return [self._row(r) for r in self._query("SELECT * FROM incidents ORDER BY last_ts DESC LIMIT ?", (limit,))]
 
