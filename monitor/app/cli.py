@@ -295,6 +295,10 @@ def replay(
         return
     t = Table(title=f"replay of {safe(file.name)}", show_header=False)
     for k, v in summary.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{name} {n:,}" for name, n in sorted(v.items(), key=lambda kv: -kv[1])) or "none"
+        elif isinstance(v, int):
+            v = f"{v:,}"
         t.add_row(k, safe(v))
     Console().print(t)
 
@@ -371,11 +375,16 @@ def incidents(
     if as_json:
         print_json(rows)
         return
-    title = f"{len(rows)} of {total} incidents" if total > len(rows) else f"{len(rows)} incidents"
-    print_fitted(title + " (most recent first)", ["id", "status", "severity", "opened (UTC)", "last (UTC)", "title"],
-                 [[r["id"], r["status"], sev_text(r["severity"]), iso(r["opened_ts"], ms=False),
-                   iso(r["last_ts"], ms=False), r["title"]] for r in rows], wide,
-                 minimum={"opened (UTC)": 20, "last (UTC)": 20, "severity": 8})
+    title = f"{len(rows)} of {total:,} incidents" if total > len(rows) else plural(len(rows), "incident")
+    headers = ["id", "status", "severity", "opened (UTC)", "last (UTC)", "title"]
+    cells = [[r["id"], r["status"], sev_text(r["severity"]), iso(r["opened_ts"], ms=False), iso(r["last_ts"], ms=False),
+              r["title"]] for r in rows]
+    if not wide:  # room for the title; --wide and --json have when it opened
+        headers.pop(3)
+        for c in cells:
+            c.pop(3)
+    print_fitted(title + ", most recent first" + ("" if wide else " (--wide: whole cells)"), headers, cells, wide,
+                 minimum={"id": 999, "status": 9, "opened (UTC)": 20, "last (UTC)": 20, "severity": 8})
 
 
 @app.command()
@@ -567,10 +576,10 @@ def silence_list(config: Path = ConfigOpt, as_json: bool = JsonOpt,
     if as_json:
         print_json(rows)
         return
-    print_fitted(f"{len(rows)} silences", ["id", "symbol", "kind", "account", "from (UTC)", "until (UTC)", "comment"],
+    print_fitted(plural(len(rows), "silence"), ["id", "symbol", "kind", "account", "from (UTC)", "until (UTC)", "comment"],
                  [[r["id"], r["symbol"] or "*", r["kind"] or "*", r["account"] or "*", iso(r["starts_at"] * 1000, ms=False),
                    iso(r["ends_at"] * 1000, ms=False), r["comment"]] for r in rows], wide,
-                 minimum={"id": 12, "from (UTC)": 20, "until (UTC)": 20})
+                 minimum={"id": 999, "from (UTC)": 20, "until (UTC)": 20})
 
 
 @silence_app.command("expire")
@@ -738,6 +747,10 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     console.print(s)
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
 def print_json(obj) -> None:
     sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
 
@@ -745,7 +758,7 @@ def print_json(obj) -> None:
 def print_anomaly_table(rows: list[dict], console: Console | None = None, total: int | None = None,
                         wide: bool = False) -> None:
     total = len(rows) if total is None else total
-    title = f"{len(rows)} of {total:,} anomalies" if total > len(rows) else f"{len(rows)} anomalies"
+    title = f"{len(rows)} of {total:,} anomalies" if total > len(rows) else plural(len(rows), "anomaly", "anomalies")
     headers = ["time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"]
     cells = [[iso(r["ts"], ms=wide), r["kind"], sev_text(r["severity"]), r["symbol"] or "", r["account"] or "",
               f"{r['score']:.3g}", detail_text(r["detail"])] for r in rows]
@@ -753,8 +766,9 @@ def print_anomaly_table(rows: list[dict], console: Console | None = None, total:
         headers.pop(4)
         for c in cells:
             c.pop(4)
-    print_fitted(title + " (newest first)" + ("" if wide else "; --wide for whole cells, --json for everything"),
-                 headers, cells, wide, minimum={"time (UTC)": 20, "kind": 13, "severity": 8, "detail": 16},
+    print_fitted(title + ", newest first" + ("" if wide else " (--wide: whole cells)"), headers, cells, wide,
+                 minimum={"time (UTC)": 20, "kind": 17, "severity": 8, "symbol": 8, "account": 5, "score": 5,
+                          "detail": 10},
                  console=console)
 
 

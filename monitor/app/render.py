@@ -56,14 +56,21 @@ def fmt_ts(ts_ms: int) -> str:
 
 
 def fit_widths(natural: list[int], minimum: list[int], available: int) -> list[int]:
-    """Column widths summing to at most ``available``: the widest column gives way first,
-    none below its minimum.
+    """Column widths summing to at most ``available`` where the minimums allow: the last
+    column (the free text: detail, title, comment) gives way first, then the widest.
 
     >>> fit_widths([20, 13, 60], [8, 8, 8], 50)
-    [18, 13, 19]
+    [20, 13, 17]
+    >>> fit_widths([20, 13, 60], [8, 8, 12], 40)
+    [15, 13, 12]
     """
     w = list(natural)
     excess = sum(w) - available
+    last = len(w) - 1
+    cut = min(excess, w[last] - minimum[last]) if w else 0
+    if cut > 0:
+        w[last] -= cut
+        excess -= cut
     while excess > 0:
         i = max(range(len(w)), key=lambda j: (w[j] > minimum[j], w[j]))
         if w[i] <= minimum[i]:
