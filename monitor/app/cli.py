@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import msgspec
 import typer
@@ -278,7 +278,8 @@ def replay(
     tune_gc()
     t0 = time.perf_counter()
     recording = read_recording(file)
-    pipeline.run_frames(recording, codec, on_batch=store_batch)
+    with progress_of(file, f"replaying {file.name}") as frames:
+        pipeline.run_frames(frames(recording), codec, on_batch=store_batch)
     store.close()
     incidents.close()
     elapsed = time.perf_counter() - t0
@@ -651,12 +652,15 @@ def simulate(
     if scenario not in SCENARIOS:
         raise fail(f"--scenario: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})", 2)
     seconds = seconds or (3600.0 if scenario == "mixed" else 600.0)
+    start_ts = int(time.time() * 1000)
     market, labels = build(scenario, seed=seed, seconds=seconds, symbols=symbols, accounts=accounts,
-                           start_ts=int(time.time() * 1000))
+                           start_ts=start_ts)
     end_ts = market.ts + int(seconds * 1000)
     console = Console()
     if record is not None and speed == 0:
-        frames = record_market(market, seconds, record)
+        with progress_while(f"recording {record.name}", seconds, "simulated s",
+                            lambda: (market.ts - start_ts) / 1000):
+            frames = record_market(market, seconds, record)
         console.print(f"recorded {frames} frames ({seconds:g} simulated s) to {record}")
     else:
         async def serve() -> None:
@@ -704,7 +708,8 @@ def evaluate(
     pipeline = build_pipeline(load_config(config) if config is not None else None)  # correlator included
     tune_gc()
     t0 = time.perf_counter()
-    found = pipeline.run_frames(read_recording(recording), NativeCodec())
+    with progress_of(recording, f"evaluating {recording.name}") as frames:
+        found = pipeline.run_frames(frames(read_recording(recording)), NativeCodec())
     elapsed = time.perf_counter() - t0
     report = run_evaluation([msgspec.structs.asdict(a) for a in found], truth, pipeline.clock.first,
                             pipeline.clock.now)
@@ -745,6 +750,74 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     if "max_anomalies_per_episode" in report:
         s.add_row("max anomalies per episode and kind", str(report["max_anomalies_per_episode"]))
     console.print(s)
+
+
+def _progress(unit: str):
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[done]}"), TimeRemainingColumn(), console=err, transient=True)
+
+
+def _uncompressed_size(path: Path) -> int:
+    """The size a recording reads as: a gzip's trailer holds it (modulo 4 GiB)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        f.seek(-4, 2)
+        return int.from_bytes(f.read(4), "little") or size
+
+
+@contextlib.contextmanager
+def progress_of(path: Path, description: str) -> Iterator:
+    """A progress bar over a recording's bytes on stderr when stderr is a terminal (nothing
+    otherwise); yields a wrapper for the recording's frames."""
+    if not err.is_terminal:
+        yield lambda frames: frames
+        return
+    total = _uncompressed_size(path)
+    with _progress("bytes") as bar:
+        task = bar.add_task(description, total=total, done="")
+
+        def frames(source):
+            n = done = 0
+            for frame in source:
+                n += 1
+                done += len(frame) + 1
+                if n % 512 == 0:
+                    bar.update(task, completed=min(done, total), done=f"{n:,} frames")
+                yield frame
+            bar.update(task, completed=total, done=f"{n:,} frames")
+
+        yield frames
+
+
+@contextlib.contextmanager
+def progress_while(description: str, total: float, unit: str, completed: Callable[[], float]) -> Iterator[None]:
+    """A progress bar on stderr (when it is a terminal) polling ``completed()`` while the
+    block runs (it reads a counter the block advances; nothing else is shared)."""
+    if not err.is_terminal:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+    with _progress(unit) as bar:
+        task = bar.add_task(description, total=total, done="")
+
+        def poll() -> None:
+            while not stop.wait(0.1):
+                bar.update(task, completed=min(completed(), total), done=f"{completed():,.0f} {unit}")
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            bar.update(task, completed=min(completed(), total), done=f"{completed():,.0f} {unit}")
 
 
 def plural(n: int, one: str, many: str | None = None) -> str:
