@@ -145,3 +145,28 @@ def test_tables_fit_80_columns_and_say_the_total(cfg, tmp_path):
     assert "…" in r.stdout
     r = perpwatch("anomalies", "--config", str(cfg), "--wide", env={"COLUMNS": "80"})
     assert "feature_19=28.5" in r.stdout and "acct-000000000004" in r.stdout
+
+
+def test_simulate_mistakes_are_one_line_and_json(tmp_path):
+    """simulate: a record path in a missing directory, a port in use, a negative speed are
+    one line each (before: tracebacks); --json describes the recording."""
+    import socket
+
+    r = perpwatch("simulate", "--speed", "0", "--record", "/nonexistent-dir/x.jsonl")
+    assert r.returncode == 1 and "/nonexistent-dir" in r.stderr
+    no_traceback(r)
+    r = perpwatch("simulate", "--speed", "-1")
+    assert r.returncode == 2 and "--speed" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = perpwatch("simulate", "--port", str(port), "--seconds", "1", "--symbols", "1", "--accounts", "100")
+    assert r.returncode == 1 and f"127.0.0.1:{port}" in r.stderr
+    no_traceback(r)
+    rec = tmp_path / "r.jsonl"
+    r = perpwatch("simulate", "--scenario", "calm", "--seconds", "5", "--symbols", "1", "--accounts", "100",
+                  "--speed", "0", "--record", str(rec), "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["recording"] == str(rec) and doc["frames"] > 1 and ISO.fullmatch(doc["start_ts_iso"])
+    assert Path(doc["labels"]).exists()

@@ -644,6 +644,7 @@ def simulate(
     seed: int = typer.Option(7, "--seed"),
     symbols: int = typer.Option(6, "--symbols", min=1, max=8),
     accounts: int = typer.Option(3000, "--accounts", min=100),
+    as_json: bool = typer.Option(False, "--json", help="With --record --speed 0: print what was written as JSON."),
 ) -> None:
     """Serve a labelled stress scenario over the native protocol (and/or record it)."""
     from monitor.simulate.scenarios import SCENARIOS, build
@@ -651,6 +652,10 @@ def simulate(
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})", 2)
+    if speed < 0 or (speed == 0 and record is None):
+        raise fail("--speed: must be > 0 (or 0 with --record: write the recording offline)", 2)
+    if record is not None and not record.parent.is_dir():
+        raise fail(f"--record: no such directory {str(record.parent)!r}", 1)
     seconds = seconds or (3600.0 if scenario == "mixed" else 600.0)
     start_ts = int(time.time() * 1000)
     market, labels = build(scenario, seed=seed, seconds=seconds, symbols=symbols, accounts=accounts,
@@ -660,13 +665,25 @@ def simulate(
     if record is not None and speed == 0:
         with progress_while(f"recording {record.name}", seconds, "simulated s",
                             lambda: (market.ts - start_ts) / 1000):
-            frames = record_market(market, seconds, record)
-        console.print(f"recorded {frames} frames ({seconds:g} simulated s) to {record}")
+            try:
+                frames = record_market(market, seconds, record)
+            except OSError as e:
+                raise fail(f"--record: cannot write {record}: {e.strerror or e}", 1) from None
+        if as_json:
+            out = Path(str(record) + ".labels.json")
+            out.write_bytes(msgspec.json.encode(labels))
+            print_json({"frames": frames, "simulated_s": seconds, "recording": str(record), "labels": str(out),
+                        "start_ts": start_ts, "start_ts_iso": iso(start_ts)})
+            return
+        console.print(f"recorded {frames:,} frames ({seconds:g} simulated s) to {record}")
     else:
         async def serve() -> None:
             sink = record.open("wb") if record is not None else None
             server = FeedServer(market, host=host, port=port, speed=speed, record=sink)
-            await server.start()
+            try:
+                await server.start()
+            except OSError as e:
+                raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
             console.print(f"serving {scenario!r} at {server.url} (speed x{speed:g}; Ctrl-C to stop)")
             try:
                 while market.ts < end_ts:
