@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 @cache
 def build_info() -> dict[str, str]:
-    """>>> sorted(build_info())
+    """The version and the Python, as labels.
+
+    >>> sorted(build_info())
     ['python', 'version']
     """
     try:
