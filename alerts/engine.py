@@ -332,4 +332,6 @@ class AlertEngine:
         pending, oldest = self._outbox_counts
         return {"open_incidents": len(self.open), "sent": self.sent, "failed": self.failed,
                 "expired": self.expired, "errors": dict(self.errors), "last_error": dict(self.last_error),
-                "pending": pending, "oldest_pending_s": oldest}
+                "pending": pending, "oldest_pending_s": oldest,
+                "receivers": {d.receiver: {"sent": d.sent, "failed": d.failed, "expired": d.expired}
+                              for d in (*self.deliveries.values(), self._orphans)}}

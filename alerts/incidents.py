@@ -79,6 +79,10 @@ class IncidentTable:
                 f"SELECT * FROM incidents WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))]
         return out
 
+    def count(self) -> int:
+        """How many incidents are stored (for the totals ``incidents`` shows)."""
+        return count(self.db, self._lock, "SELECT count(*) FROM incidents") or 0
+
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         return [self._row(r) for r in self._query("SELECT * FROM incidents ORDER BY last_ts DESC LIMIT ?", (limit,))]
 

@@ -8,6 +8,7 @@ matched by some active silence: one unsilenced anomaly is enough to speak.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,8 +24,9 @@ POLL_S = 2.0
 class SilenceTable:
     """The ``silences`` table (its schema: ``monitor.store.MIGRATIONS``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.db = connect(path)
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        """``readonly``: for listing (never creates nor migrates the file)."""
+        self.db = connect(path, readonly=readonly)
         self._lock = threading.Lock()
 
     def add(self, *, symbol: str | None, kind: str | None, account: str | None, seconds: float,
@@ -52,7 +54,12 @@ class SilenceTable:
             sql += " WHERE ends_at > ?"
             args = (now,)
         with self._lock:
-            rows = self.db.execute(sql + " ORDER BY starts_at", args).fetchall()
+            try:
+                rows = self.db.execute(sql + " ORDER BY starts_at", args).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):  # a store from before silences existed, read-only
+                    return []
+                raise
         return [Silence(*r) for r in rows]
 
     def close(self) -> None:

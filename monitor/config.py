@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -27,12 +28,27 @@ from monitor.events import SEVERITY_RANK, Severity
 
 
 class ConfigError(ValueError):
-    """A configuration problem; ``key`` is the dotted path of the offending key."""
+    """A configuration problem; ``key`` is the dotted path of the offending key.
+
+    ``errors`` lists every problem found (this one first), so a user fixes a file in one
+    pass: ``parse`` reports them all at once.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
         self.message = message
+        self.errors: list[ConfigError] = [self]
+
+    @classmethod
+    def of(cls, errors: list[ConfigError]) -> ConfigError:
+        """One exception carrying several problems (its key and message are the first's)."""
+        first = errors[0]
+        e = cls(first.key, first.message)
+        e.errors = list(errors)
+        if len(errors) > 1:
+            e.args = ("\n".join(str(x) for x in errors),)
+        return e
 
 
 _DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -224,16 +240,84 @@ def error_path(msgspec_error: str) -> tuple[str, str]:
     return key, msg
 
 
-def parse(text: str | bytes, source: str = "<config>") -> Config:
-    """Decode and validate a config document; raises ConfigError naming the key."""
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _is_struct(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def allowed_values(tp: Any) -> tuple | None:
+    """The values a ``Literal`` (or an optional one) allows; None for other types."""
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    for arg in get_args(tp) if get_origin(tp) in (Union, UnionType) else ():
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return None
+
+
+def structure_errors(raw: Any, cls: type, key: str = "") -> list[ConfigError]:
+    """Every unknown key, missing key and wrong value of a decoded TOML table against the
+    struct ``cls`` (msgspec itself stops at the first), enum errors with the allowed values.
+
+    >>> for e in structure_errors({"store": {}, "logging": {"level": "loud"}, "x": 1}, Config):
+    ...     print(e)
+    x: unknown key
+    store.path: required key is missing
+    logging.level: invalid value 'loud' (allowed: debug, info, warning, error)
+    """
+    if not isinstance(raw, dict):
+        return [ConfigError(key, f"expected a table, got {type(raw).__name__}")]
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    errs = [ConfigError(_join(key, k), "unknown key") for k in raw if k not in fields]
+    for name, f in fields.items():
+        if name not in raw:
+            if f.required:
+                errs.append(ConfigError(_join(key, name), "required key is missing"))
+            continue
+        errs += _value_errors(raw[name], f.type, _join(key, name))
+    return errs
+
+
+def _value_errors(value: Any, tp: Any, key: str) -> list[ConfigError]:
+    if _is_struct(tp):
+        return structure_errors(value, tp, key)
+    args = get_args(tp)
+    if get_origin(tp) is list and args and _is_struct(args[0]):
+        if not isinstance(value, list):
+            return [ConfigError(key, f"expected an array of tables, got {type(value).__name__}")]
+        return [e for i, item in enumerate(value) for e in structure_errors(item, args[0], f"{key}[{i}]")]
     try:
-        cfg = msgspec.toml.decode(text, type=Config, dec_hook=_dec_hook)
+        msgspec.convert(value, tp, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
-        key, msg = error_path(str(e))
-        raise ConfigError(key, msg) from None
+        allowed = allowed_values(tp)
+        if allowed is not None and isinstance(value, str):
+            return [ConfigError(key, f"invalid value {value!r} (allowed: {', '.join(map(str, allowed))})")]
+        where, msg = error_path(str(e))
+        return [ConfigError(key + (f".{where}" if where and not where.startswith("[") else where), msg)]
+    return []
+
+
+def parse(text: str | bytes, source: str = "<config>") -> Config:
+    """Decode and validate a config document; raises ConfigError naming the key (its
+    ``errors``: every problem in the document)."""
+    try:
+        raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as e:
         raise ConfigError("", f"{source}: not valid TOML: {e}") from None
-    validate(cfg)
+    errs = structure_errors(raw, Config)
+    if errs:
+        raise ConfigError.of(errs)
+    try:
+        cfg = msgspec.convert(raw, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as e:  # a rule the walker does not know: msgspec's first error
+        key, msg = error_path(str(e))
+        raise ConfigError(key, msg) from None
+    errs = problems(cfg)
+    if errs:
+        raise ConfigError.of(errs)
     return cfg
 
 
@@ -266,73 +350,99 @@ def _positive(key: str, value: float) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field rules msgspec cannot express."""
+    """Cross-field rules msgspec cannot express; raises ConfigError carrying all of them."""
+    errs = problems(cfg)
+    if errs:
+        raise ConfigError.of(errs)
+
+
+def problems(cfg: Config) -> list[ConfigError]:
+    """Every cross-field and range problem of a decoded config (none: an empty list)."""
+    errs: list[ConfigError] = []
+
+    def check(fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except ConfigError as e:
+            errs.append(e)
+
+    def fail(key: str, message: str) -> None:
+        errs.append(ConfigError(key, message))
+
+    def within(key: str, value: float, low: float, high: float) -> None:
+        if not low < value <= high:
+            fail(key, f"must be within ({low:g}, {high:g}], got {value}")
+
     seen: set[str] = set()
     for i, s in enumerate(cfg.sources):
         k = f"sources[{i}]"
         if s.name in seen:
-            raise ConfigError(f"{k}.name", f"duplicate source name {s.name!r}")
+            fail(f"{k}.name", f"duplicate source name {s.name!r}")
         seen.add(s.name)
         if s.url or s.format == "perpwatch":
-            _check_url(f"{k}.url", s.url, ("ws", "wss"))
+            check(_check_url, f"{k}.url", s.url, ("ws", "wss"))
         if s.rest_url is not None:
-            _check_url(f"{k}.rest_url", s.rest_url, ("http", "https"))
+            check(_check_url, f"{k}.rest_url", s.rest_url, ("http", "https"))
         if s.format != "perpwatch" and not s.symbols:
-            raise ConfigError(f"{k}.symbols", f"format {s.format!r} needs the symbols to subscribe to")
+            fail(f"{k}.symbols", f"format {s.format!r} needs the symbols to subscribe to")
         if s.format == "binance-usdm" and len(s.symbols) * 4 > 1024:
-            raise ConfigError(f"{k}.symbols", "Binance allows 1024 streams per connection (4 per symbol): "
-                              "split the symbols over several sources")
-        _positive(f"{k}.max_frame_bytes", s.max_frame_bytes)
-        _positive(f"{k}.reconnect_max", s.reconnect_max.seconds)
+            fail(f"{k}.symbols", "Binance allows 1024 streams per connection (4 per symbol): "
+                 "split the symbols over several sources")
+        check(_positive, f"{k}.max_frame_bytes", s.max_frame_bytes)
+        for name in ("reconnect_max", "ping_interval", "ping_timeout", "stale_after"):
+            check(_positive, f"{k}.{name}", getattr(s, name).seconds)
     if not cfg.store.path.strip():
-        raise ConfigError("store.path", "must not be empty")
+        fail("store.path", "must not be empty")
+    check(_positive, "store.max_held", cfg.store.max_held)
+    for name in ("retention", "delivered_retention"):
+        check(_positive, f"store.{name}", getattr(cfg.store, name).seconds)
     d = cfg.daemon
-    _positive("daemon.tick", d.tick.ms)
-    _positive("store.max_held", cfg.store.max_held)
-    _positive("daemon.max_ahead", d.max_ahead.ms)
-    _positive("daemon.stall_after", d.stall_after.ms)
+    for name in ("tick", "max_ahead", "stall_after", "checkpoint_interval"):
+        check(_positive, f"daemon.{name}", getattr(d, name).ms)
     for name in ("queue_frames", "max_symbols", "max_accounts"):
-        _positive(f"daemon.{name}", getattr(d, name))
+        check(_positive, f"daemon.{name}", getattr(d, name))
     if not 0 < d.drain_timeout.seconds <= 10:
-        raise ConfigError("daemon.drain_timeout", "must be within (0s, 10s]: SIGTERM must finish in 10 s")
+        fail("daemon.drain_timeout", "must be within (0s, 10s]: SIGTERM must finish in 10 s")
     if cfg.metrics.enabled:
-        _listen(cfg.metrics.listen)
+        check(_listen, cfg.metrics.listen)
     names: set[str] = set()
     for i, r in enumerate(cfg.alerts.receivers):
         k = f"alerts.receivers[{i}]"
         if r.name in names:
-            raise ConfigError(f"{k}.name", f"duplicate receiver name {r.name!r}")
+            fail(f"{k}.name", f"duplicate receiver name {r.name!r}")
         names.add(r.name)
+        check(_positive, f"{k}.timeout", r.timeout.seconds)
+        if r.max_per_second is not None:
+            check(_positive, f"{k}.max_per_second", r.max_per_second)
         given = [f for f in ("url", "url_env", "url_file") if getattr(r, f) is not None]
         if r.kind == "log":
             continue
         if len(given) != 1:
-            raise ConfigError(f"{k}.url", "set exactly one of url, url_env, url_file")
+            fail(f"{k}.url", "set exactly one of url, url_env, url_file")
         if r.url is not None:
-            _check_url(f"{k}.url", r.url, ("http", "https"))
+            check(_check_url, f"{k}.url", r.url, ("http", "https"))
         if r.secret_env is not None and r.secret_file is not None:
-            raise ConfigError(f"{k}.secret_env", "set at most one of secret_env, secret_file")
+            fail(f"{k}.secret_env", "set at most one of secret_env, secret_file")
         if r.kind == "pagerduty" and r.secret_env is None and r.secret_file is None:
-            raise ConfigError(f"{k}.secret_env", "a pagerduty receiver needs its routing key: set secret_env or "
-                                                 "secret_file")
-    _positive("alerts.link_window", cfg.alerts.link_window.ms)
-    _positive("alerts.max_incident_span", cfg.alerts.max_incident_span.ms)
-    if not 0 < cfg.alerts.min_account_share <= 1:
-        raise ConfigError("alerts.min_account_share", f"must be within (0, 1], got {cfg.alerts.min_account_share}")
-    x = cfg.alerts.exposure
+            fail(f"{k}.secret_env", "a pagerduty receiver needs its routing key: set secret_env or secret_file")
+    a = cfg.alerts
+    for name in ("link_window", "resolve_after", "max_incident_span"):  # incident_window 0s: no joins
+        check(_positive, f"alerts.{name}", getattr(a, name).ms)
+    within("alerts.min_account_share", a.min_account_share, 0, 1)
+    x = a.exposure
     for name in ("return_interval", "corr_halflife", "forced_flow_window", "forced_flow_halflife"):
-        _positive(f"alerts.exposure.{name}", getattr(x, name).ms)
+        check(_positive, f"alerts.exposure.{name}", getattr(x, name).ms)
     for name in ("corr_min_samples", "max_corr_symbols", "max_edges", "min_forced_flow"):
-        _positive(f"alerts.exposure.{name}", getattr(x, name))
+        check(_positive, f"alerts.exposure.{name}", getattr(x, name))
     for name in ("min_return_corr", "min_collateral_share"):
-        if not 0 < getattr(x, name) <= 1:
-            raise ConfigError(f"alerts.exposure.{name}", f"must be within (0, 1], got {getattr(x, name)}")
-    for i, rt in enumerate(cfg.alerts.routes):
+        within(f"alerts.exposure.{name}", getattr(x, name), 0, 1)
+    for i, rt in enumerate(a.routes):
         if rt.receiver not in names:
             have = ", ".join(sorted(names)) or "none"
-            raise ConfigError(f"alerts.routes[{i}].receiver", f"no receiver named {rt.receiver!r} (have: {have})")
+            fail(f"alerts.routes[{i}].receiver", f"no receiver named {rt.receiver!r} (have: {have})")
         for f in ("group_interval", "repeat_interval"):
-            _positive(f"alerts.routes[{i}].{f}", getattr(rt, f).seconds)
+            check(_positive, f"alerts.routes[{i}].{f}", getattr(rt, f).seconds)
+    return errs
 
 
 def _listen(text: str) -> tuple[str, int]:

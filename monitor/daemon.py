@@ -108,6 +108,8 @@ class Daemon:
         self.loop_lag_s = 0.0
         self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)  # event lag histogram, one sample per frame
         self.lag_sum = 0.0
+        self.frames_ahead = 0  # frames whose last event was stamped ahead of wall time (not in the lag histogram)
+        self.ahead_max_s = 0.0  # the furthest ahead such a frame was
         self.notifier = SdNotifier()
         self._metrics = None
         self.started_wall = time.time()
@@ -414,6 +416,10 @@ class Daemon:
         if events:
             self.pipeline.set_wall(int(time.time() * 1000))
             lag = time.time() - events[-1].ts / 1000
+            if lag < 0:  # stamped ahead of our wall clock (theirs runs fast, or ours slow): counted apart
+                self.frames_ahead += 1
+                self.ahead_max_s = max(self.ahead_max_s, -lag)
+                lag = 0.0
             self.lag_sum += lag
             self.lag_buckets[bisect_left(LAG_BUCKETS, lag)] += 1
             found = self.pipeline.feed(events)  # process, emit what is decided, correlate

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from alerts.correlate import Correlator, Incident
-from detectors import build_detectors
-from detectors.base import Detector
+import msgspec
+
+from detectors import REGISTRY, build_detectors
+from detectors.base import Detector, build_config
 from monitor.codecs import Codec, recorded
-from monitor.config import Config, ConfigError
+from monitor.config import Config, ConfigError, structure_errors
 from monitor.config import parse as parse_config
 from monitor.events import EVENT_TYPES, Anomaly, Event
 from monitor.state import EventClock, ExposureGraph, MarketState
@@ -229,9 +231,69 @@ class Pipeline:
         return p
 
 
+# Every kind an anomaly can have: one per detector, the correlator's, the daemon's stale-feed check.
+ANOMALY_KINDS: tuple[str, ...] = tuple(sorted({*REGISTRY, "cascade_risk", "feed_stale"}))
+
+
+def unknown_kind(kind: str) -> str | None:
+    """Why ``kind`` is not an anomaly kind (None: it is one)."""
+    if kind in ANOMALY_KINDS:
+        return None
+    return f"unknown anomaly kind {kind!r} (known: {', '.join(ANOMALY_KINDS)})"
+
+
+def detector_problems(sections: dict[str, Any], tick_ms: int | None) -> list[ConfigError]:
+    """Every problem of the ``[detectors.*]`` sections: unknown sections and keys, wrong
+    values (enums with their allowed values), negative numbers (no threshold, window,
+    count or bound of a detector means anything below zero), ``fading`` outside (0, 1],
+    and ``tick_ms`` that disagrees with ``[daemon] tick`` (checked generically here:
+    detectors sit above the config in the layering)."""
+    errs: list[ConfigError] = []
+    for name in sorted(set(sections) - set(REGISTRY)):
+        errs.append(ConfigError(f"detectors.{name}", f"unknown detector (known: {', '.join(sorted(REGISTRY))})"))
+    for name, cls in REGISTRY.items():
+        section = sections.get(name, {})
+        key = f"detectors.{name}"
+        found = structure_errors(section, cls.Config, key)
+        if found:
+            errs += found
+            continue
+        try:
+            dcfg = build_config(cls, section)
+        except ValueError as e:  # a rule of the detector's own (DetectorConfigError carries the key)
+            errs.append(ConfigError(getattr(e, "key", key), getattr(e, "message", str(e))))
+            continue
+        for f in msgspec.structs.fields(dcfg):
+            value = getattr(dcfg, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if "fading" in f.name and not 0 < value <= 1:
+                errs.append(ConfigError(f"{key}.{f.encode_name}", f"must be within (0, 1], got {value}"))
+            elif value < 0:
+                errs.append(ConfigError(f"{key}.{f.encode_name}", f"must be >= 0, got {value}"))
+            elif f.name == "tick_ms" and tick_ms is not None and value != tick_ms:
+                errs.append(ConfigError(f"{key}.tick_ms", f"must match [daemon] tick ({tick_ms} ms), got {value}"))
+    return errs
+
+
+def config_problems(cfg: Config) -> list[ConfigError]:
+    """What the config module cannot check itself: the detector sections, and anomaly
+    kinds named in routes."""
+    errs = detector_problems(cfg.detectors, cfg.daemon.tick.ms)
+    for i, rt in enumerate(cfg.alerts.routes):
+        for j, kind in enumerate(rt.kinds):
+            why = unknown_kind(kind)
+            if why:
+                errs.append(ConfigError(f"alerts.routes[{i}].kinds[{j}]", why))
+    return errs
+
+
 def validated_detectors(cfg: Config) -> list[Detector]:
     """The ``[detectors.*]`` sections built, or a ConfigError naming the key (detectors sit
     above the config in the layering, so the config module does not check them itself)."""
+    errs = detector_problems(cfg.detectors, cfg.daemon.tick.ms)
+    if errs:
+        raise ConfigError.of(errs)
     try:
         return build_detectors(cfg.detectors)
     except ValueError as e:  # DetectorConfigError carries the dotted key
@@ -239,11 +301,28 @@ def validated_detectors(cfg: Config) -> list[Detector]:
 
 
 def load_config(path) -> Config:
-    """A config file parsed, validated and its detector sections checked."""
+    """A config file parsed, validated and its detector sections checked; a ConfigError
+    carries every problem found (the detector sections' too when the rest is broken)."""
+    from pathlib import Path
+
     from monitor.config import load
 
-    cfg = load(path)
-    validated_detectors(cfg)
+    try:
+        cfg = load(path)
+    except ConfigError as e:
+        errs = list(e.errors)
+        if e.key:  # the file was read and decoded: check its detector sections all the same
+            try:
+                raw = msgspec.toml.decode(Path(path).read_bytes())
+                sections = raw.get("detectors", {})
+                if isinstance(sections, dict):
+                    errs += detector_problems(sections, None)
+            except (OSError, msgspec.DecodeError):
+                pass
+        raise ConfigError.of(errs) from None
+    errs = config_problems(cfg)
+    if errs:
+        raise ConfigError.of(errs)
     return cfg
 
 

@@ -263,15 +263,9 @@ class Store:
         path.unlink()
         return n
 
-    def anomalies(self, *, since_s: float | None = None, kind: str | None = None,
-                  symbol: str | None = None, limit: int | None = 100,
-                  now: float | None = None) -> list[dict[str, Any]]:
-        """Anomalies newest first (by event time), as contract objects.
-
-        ``since_s`` keeps those whose event time *or* detection time is within the last
-        ``since_s`` seconds of ``now`` (wall clock): a live anomaly matches on both, and
-        one found just now by replaying an old recording still counts as recent.
-        """
+    @staticmethod
+    def _filters(since_s: float | None, kind: str | None, symbol: str | None,
+                 now: float | None) -> tuple[str, list[Any]]:
         where, args = [], []
         if since_s is not None:
             cutoff = (time.time() if now is None else now) - since_s
@@ -283,23 +277,41 @@ class Store:
         if symbol:
             where.append("symbol = ?")
             args.append(symbol)
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM anomalies"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
+        return (" WHERE " + " AND ".join(where)) if where else "", args
+
+    def _read(self, sql: str, args: list[Any]) -> list[tuple]:
         try:
             with self._lock:
-                rows = self.db.execute(sql, args).fetchall()
+                return self.db.execute(sql, args).fetchall()
         except sqlite3.OperationalError as e:
             if "no such table" in str(e):  # the daemon is creating the store right now
                 return []
             raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
         except sqlite3.Error as e:
             raise StoreError(f"cannot read store {str(self.path)!r}: {e}") from None
-        return [_row(r) for r in rows]
+
+    def anomalies(self, *, since_s: float | None = None, kind: str | None = None,
+                  symbol: str | None = None, limit: int | None = 100,
+                  now: float | None = None) -> list[dict[str, Any]]:
+        """Anomalies newest first (by event time), as contract objects.
+
+        ``since_s`` keeps those whose event time *or* detection time is within the last
+        ``since_s`` seconds of ``now`` (wall clock): a live anomaly matches on both, and
+        one found just now by replaying an old recording still counts as recent.
+        """
+        where, args = self._filters(since_s, kind, symbol, now)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM anomalies{where} ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_row(r) for r in self._read(sql, args)]
+
+    def count_anomalies(self, *, since_s: float | None = None, kind: str | None = None,
+                        symbol: str | None = None, now: float | None = None) -> int:
+        """How many anomalies ``anomalies`` would return without a limit."""
+        where, args = self._filters(since_s, kind, symbol, now)
+        rows = self._read(f"SELECT count(*) FROM anomalies{where}", args)
+        return rows[0][0] if rows else 0
 
     def by_ids(self, ids: list[str]) -> list[dict[str, Any]]:
         """The stored anomalies with these ids, as contract objects (unknown ids skipped)."""

@@ -59,6 +59,14 @@ BAD = {
     "correlation out of range": ('[alerts.exposure]\nmin_return_corr=1.5\n', "alerts.exposure.min_return_corr"),
     "unknown exposure key": ('[alerts.exposure]\nbeta=1\n', "alerts.exposure.beta"),
     "zero link window": ('[alerts]\nlink_window="0s"\n', "alerts.link_window"),
+    "negative detector threshold": ('[detectors.cancel_burst]\nz_threshold=-4\n', "detectors.cancel_burst.z_threshold"),
+    "fading out of range": ('[detectors.mark_divergence]\nfading=1.5\n', "detectors.mark_divergence.fading"),
+    "unknown kind in a route": ('[[alerts.receivers]]\nname="r"\nurl="http://h/"\n[[alerts.routes]]\nreceiver="r"\n'
+                                'kinds=["cancel_bursts"]\n', "alerts.routes[0].kinds[0]"),
+    "detector tick disagrees": ('[daemon]\ntick="500ms"\n', "detectors.leverage_jump.tick_ms"),
+    "zero retention": ('[store]\npath="x.db"\nretention="0s"\n', "store.retention"),
+    "zero receiver timeout": ('[[alerts.receivers]]\nname="r"\nurl="http://h/"\ntimeout="0s"\n',
+                              "alerts.receivers[0].timeout"),
 }
 
 
@@ -87,12 +95,17 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 
 def test_secret_env_must_exist_at_start(tmp_path):
-    """A secret named by env var but absent is refused at start, naming the key, not the value."""
+    """A secret named by env var but absent: `run` refuses it (exit 2, the key named);
+    check-config warns (exit 0; the service may provide it) and refuses it with --strict."""
     path = tmp_path / "c.toml"
     path.write_text(CONTRACT_EXAMPLE.replace("/var/lib/perpwatch", str(tmp_path)))
+    r = perpwatch("run", "--config", str(path), env={"PERPWATCH_HOOK_SECRET": ""})
+    assert r.returncode == 2 and "alerts.receivers[0].secret_env" in r.stderr, r.stderr
     r = perpwatch("check-config", str(path), env={"PERPWATCH_HOOK_SECRET": ""})
+    assert r.returncode == 0 and "warning" in r.stderr and "alerts.receivers[0].secret_env" in r.stderr
+    r = perpwatch("check-config", "--strict", str(path), env={"PERPWATCH_HOOK_SECRET": ""})
     assert r.returncode == 2 and "alerts.receivers[0].secret_env" in r.stderr
-    r = perpwatch("check-config", str(path), env={"PERPWATCH_HOOK_SECRET": "s3cret-value"})
+    r = perpwatch("check-config", "--strict", str(path), env={"PERPWATCH_HOOK_SECRET": "s3cret-value"})
     assert r.returncode == 0 and "s3cret-value" not in r.stdout + r.stderr
 
 
@@ -113,3 +126,47 @@ def test_url_from_env_is_never_printed_in_a_config_error(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "alerts.receivers[0].url" in r.stderr
     assert "SECRETTOKEN" not in r.stderr + r.stdout
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    """A file with several mistakes gets them all in one run, one line each, enums with
+    their allowed values (before: only the first, and "Invalid enum value")."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f"""
+[store]
+path = "{tmp_path}/pw.db"
+colour = "red"
+[logging]
+level = "loud"
+[detectors.cancel_burst]
+z_threshold = -4
+[[alerts.receivers]]
+name = "r"
+kind = "pager"
+url = "http://127.0.0.1:9/"
+""")
+    for cmd in (["check-config", str(path)], ["run", "--config", str(path)]):
+        r = perpwatch(*cmd)
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if "config error" in ln]
+        assert any("store.colour: unknown key" in ln for ln in lines), r.stderr
+        assert any("logging.level" in ln and "allowed: debug, info, warning, error" in ln for ln in lines), r.stderr
+        assert any("alerts.receivers[0].kind" in ln and "webhook, slack, log" in ln for ln in lines), r.stderr
+        assert any("detectors.cancel_burst.z_threshold" in ln for ln in lines), r.stderr
+    r = perpwatch("check-config", "--json", str(path))
+    import json
+
+    doc = json.loads(r.stdout)
+    assert r.returncode == 2 and doc["ok"] is False
+    assert {"store.colour", "logging.level", "alerts.receivers[0].kind"} <= {e["key"] for e in doc["errors"]}
+
+
+def test_every_semantic_problem_at_once(tmp_path):
+    """Range and cross-field problems are listed together too."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[store]\npath = "{tmp_path}/pw.db"\nretention = "0s"\n[daemon]\ntick = "0ms"\n'
+                    '[alerts.exposure]\nmin_return_corr = 2.0\n')
+    r = perpwatch("check-config", str(path))
+    assert r.returncode == 2
+    for key in ("store.retention", "daemon.tick", "alerts.exposure.min_return_corr"):
+        assert key in r.stderr, (key, r.stderr)

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import msgspec
 import typer
@@ -23,17 +23,50 @@ from rich.table import Table
 
 from monitor import config as config_mod
 from monitor.config import Config, ConfigError, Duration
-from monitor.app.render import fmt_ts, safe, sev_cell, summarize_detail
+from monitor.app.render import clean, detail_text, fitted_table, iso, safe, sev_cell, sev_text
 from monitor.fmt import money
 from monitor.store import Store, StoreError
 
+DEFAULT_CONFIG = Path("/etc/perpwatch/perpwatch.toml")
+CONFIG_ENV = "PERPWATCH_CONFIG"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="perpwatch: early warning for perpetual-futures exchanges.")
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="perpwatch: early warning for perpetual-futures exchanges.\n\n"
+                       f"Exit status: 0 ok; 1 check failed, not found or daemon unreachable; 2 usage or "
+                       f"config error. --config defaults to ${CONFIG_ENV}, then {DEFAULT_CONFIG}.")
 err = Console(stderr=True, soft_wrap=True)
 
+
+def version_text() -> str:
+    from monitor.ops.build import build_info
+
+    info = build_info()
+    return f"perpwatch {info['version']} (python {info['python']})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.",
+                                       callback=_print_version, is_eager=True)) -> None:
+    """perpwatch: early warning for perpetual-futures exchanges."""
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]perpwatch:[/] {escape(message)}", highlight=False)
+    err.print(f"[bold red]perpwatch:[/] {escape(clean(message))}", highlight=False)
     return typer.Exit(code)
+
+
+def config_failed(e: ConfigError) -> typer.Exit:
+    """Every problem of a config, one line each; exit 2."""
+    for problem in e.errors:
+        err.print(f"[bold red]perpwatch:[/] config error: {escape(clean(str(problem)))}", highlight=False)
+    return typer.Exit(2)
 
 
 @contextlib.contextmanager
@@ -42,7 +75,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as e:
-        raise fail(f"config error: {e}", 2) from None
+        raise config_failed(e) from None
     except StoreError as e:
         raise fail(str(e), 1) from None
 
@@ -50,38 +83,138 @@ def user_errors() -> Iterator[None]:
 def load_config(path: Path) -> Config:
     from monitor.pipeline import load_config as load_checked
 
+    if path == DEFAULT_CONFIG and not path.exists():
+        raise fail(f"no config file at {DEFAULT_CONFIG}: pass --config FILE or set {CONFIG_ENV}", 2)
     with user_errors():
         return load_checked(path)
 
 
-def parse_duration(flag: str, text: str | None) -> float | None:
+def parse_duration(flag: str, text: str | None, positive: bool = False) -> float | None:
     if text is None:
         return None
     try:
-        return Duration.parse(text).seconds
+        seconds = Duration.parse(text).seconds
     except ValueError as e:
         raise fail(f"{flag}: {e}", 2) from None
+    if positive and seconds <= 0:
+        raise fail(f"{flag}: must be longer than 0s, got {text!r}", 2)
+    return seconds
 
 
-ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file.", exists=False, dir_okay=False)
+def check_kind(flag: str, kind: str | None) -> None:
+    from monitor.pipeline import unknown_kind
+
+    why = unknown_kind(kind) if kind is not None else None
+    if why:
+        raise fail(f"{flag}: {why}", 2)
+
+
+def existing_store(cfg: Config) -> Path | None:
+    """The store's path if the file exists (read-only commands never create it)."""
+    path = Path(cfg.store.path)
+    return path if path.exists() else None
+
+
+ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", envvar=CONFIG_ENV, dir_okay=False,
+                         help=f"TOML config file (or ${CONFIG_ENV}).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON (times as epoch ms, with ISO 8601 beside them).")
+WideOpt = typer.Option(False, "--wide", "-w", help="Show every cell whole (the table may be wider than the terminal).")
+
+
+def print_fitted(title: str, headers: list[str], rows: list[list], wide: bool, minimum: dict[str, int] | None = None,
+                 console: Console | None = None) -> None:
+    console = console or Console()
+    width = console.width
+    if wide:
+        console = Console(width=100_000, file=console.file)
+    console.print(fitted_table(title, headers, rows, width, wide, minimum))
+
+
+def secret_warnings(cfg: Config) -> list[ConfigError]:
+    """Secrets (URLs and HMAC keys from env or files) the config names but this environment
+    does not provide: a warning for ``check-config`` (the service may provide them), an
+    error for ``run``. A secret URL that is there but malformed is an error everywhere
+    (``_deep_check``)."""
+    out = []
+    for i, r in enumerate(cfg.alerts.receivers):
+        k = f"alerts.receivers[{i}]"
+        for key, env, file in ((f"{k}.url", r.url_env, r.url_file), (f"{k}.secret", r.secret_env, r.secret_file)):
+            try:
+                config_mod.resolve_secret(key, env, file)
+            except ConfigError as e:
+                out.append(e)
+    return out
 
 
 @app.command("check-config")
-def check_config(file: Path = typer.Argument(..., help="TOML config file.")) -> None:
-    """Validate a config file without running (exit 2 names the bad key)."""
+def check_config(
+    file: Optional[Path] = typer.Argument(None, help=f"TOML config file (default: --config, ${CONFIG_ENV}, "
+                                          f"then {DEFAULT_CONFIG}).", show_default=False),
+    config: Path = ConfigOpt,
+    strict: bool = typer.Option(False, "--strict", help="A secret that is not available here is an error (exit 2)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Validate a config file without running: every problem at once (exit 2 names each key).
+
+    A secret named by *_env or *_file that this environment lacks is a warning (the service
+    that runs it may have it), an error with --strict; `run` always refuses it."""
+    file = file or config
+    if as_json:
+        try:
+            from monitor.pipeline import load_config as load_checked
+
+            if file == DEFAULT_CONFIG and not file.exists():
+                raise ConfigError("", f"no config file at {DEFAULT_CONFIG}: pass a FILE or set {CONFIG_ENV}")
+            cfg = load_checked(file)
+            problems = _deep_check(cfg)
+        except ConfigError as e:
+            print_json({"ok": False, "file": str(file), "errors": [{"key": x.key, "message": x.message}
+                                                                   for x in e.errors], "warnings": []})
+            raise typer.Exit(2) from None
+        warnings = secret_warnings(cfg)
+        errors = problems + (warnings if strict else [])
+        print_json({"ok": not errors, "file": str(file), "sources": len(cfg.sources),
+                    "receivers": len(cfg.alerts.receivers), "routes": len(cfg.alerts.routes),
+                    "errors": [{"key": x.key, "message": x.message} for x in errors],
+                    "warnings": [] if strict else [{"key": x.key, "message": x.message} for x in warnings]})
+        raise typer.Exit(2 if errors else 0)
     cfg = load_config(file)
+    with user_errors():
+        problems = _deep_check(cfg)
+        if problems:
+            raise ConfigError.of(problems)
+    warnings = secret_warnings(cfg)
+    if warnings and strict:
+        raise config_failed(ConfigError.of(warnings))
+    for w in warnings:
+        err.print(f"[yellow]perpwatch: warning:[/] {escape(clean(str(w)))} (`run` will refuse to start without it; "
+                  "--strict makes this an error)", highlight=False)
+    print(f"ok: {file}: {len(cfg.sources)} source(s), {len(cfg.alerts.receivers)} receiver(s), "
+          f"{len(cfg.alerts.routes)} route(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
+
+
+def _deep_check(cfg: Config) -> list[ConfigError]:
+    """What building the sources and the pipeline would refuse."""
     from monitor.pipeline import build_pipeline
     from monitor.venues import make_session
 
-    with user_errors():
-        for s in cfg.sources:
+    errs = []
+    for s in cfg.sources:
+        try:
             make_session(s)
+        except ConfigError as e:
+            errs += e.errors
+    try:
         build_pipeline(cfg)
-        for i, r in enumerate(cfg.alerts.receivers):
+    except ConfigError as e:
+        errs += e.errors
+    for i, r in enumerate(cfg.alerts.receivers):
+        try:
             config_mod.receiver_url(r, i)
-            config_mod.resolve_secret(f"alerts.receivers[{i}].secret", r.secret_env, r.secret_file)
-    print(f"ok: {file}: {len(cfg.sources)} source(s), {len(cfg.alerts.receivers)} receiver(s), "
-          f"{len(cfg.alerts.routes)} route(s)")
+        except ConfigError as e:
+            if r.url is not None or "invalid URL" in e.message:  # missing ones are secret_warnings'
+                errs.append(e)
+    return errs
 
 
 @app.command()
@@ -90,14 +223,23 @@ def run(config: Path = ConfigOpt) -> None:
     # Until the event loop takes SIGTERM over, nothing has been received: stopping is clean.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cfg = load_config(config)
+    problems = secret_warnings(cfg)
     if not cfg.sources:
-        raise fail("config error: sources: at least one [[sources]] entry is required to run", 2)
+        problems.insert(0, ConfigError("sources", "at least one [[sources]] entry is required to run"))
+    if problems:
+        raise config_failed(ConfigError.of(problems))
     from monitor import logs
     from monitor.daemon import Daemon
 
     logs.configure(cfg.logging.level, cfg.logging.format)
-    with user_errors():
+    try:
         daemon = Daemon(cfg)
+    except ConfigError as e:
+        raise config_failed(e) from None
+    except (StoreError, OSError) as e:  # the store (or the state directory beside it) cannot be made
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise config_failed(ConfigError("store.path", f"{why} (the daemon creates the store and its "
+                                        "state directory: is the path writable by this user?)")) from None
     code = asyncio.run(daemon.run())
     raise typer.Exit(code)
 
@@ -186,7 +328,8 @@ def replay(
 
     tune_gc()
     t0 = time.perf_counter()
-    pipeline.run_items(recording, lambda source: codecs.get(source, default), on_batch=store_batch)
+    with progress_of(file, f"replaying {file.name}") as frames:
+        pipeline.run_items(frames(recording), lambda source: codecs.get(source, default), on_batch=store_batch)
     store.close()
     incidents.close()
     elapsed = time.perf_counter() - t0
@@ -217,6 +360,10 @@ def replay(
         return
     t = Table(title=f"replay of {safe(file.name)}", show_header=False)
     for k, v in summary.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{name} {n:,}" for name, n in sorted(v.items(), key=lambda kv: -kv[1])) or "none"
+        elif isinstance(v, int):
+            v = f"{v:,}"
         t.add_row(k, safe(v))
     Console().print(t)
 
@@ -230,32 +377,48 @@ def anomalies(
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Only this symbol."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1,
                                         help="At most this many, newest first (default: all with --json, 100 in the table)."),
+    wide: bool = WideOpt,
 ) -> None:
-    """List stored anomalies, newest first."""
+    """List stored anomalies, newest first (the table says how many of how many)."""
     if limit is None and not as_json:
         limit = 100
     cfg = load_config(config)
     since_s = parse_duration("--since", since)
-    path = Path(cfg.store.path)
-    if not path.exists():
+    check_kind("--kind", kind)
+    path = existing_store(cfg)
+    total = 0
+    if path is None:
         rows: list[dict] = []
         if not as_json:
-            err.print(f"no store yet at {path} (nothing detected, or the daemon has not run)")
+            err.print(f"no store yet at {safe(cfg.store.path)} (nothing detected, or the daemon has not run)")
     else:
         with user_errors():
-            rows = Store.reader(path).anomalies(since_s=since_s, kind=kind, symbol=symbol, limit=limit)
+            store = Store.reader(path)
+            rows = store.anomalies(since_s=since_s, kind=kind, symbol=symbol, limit=limit)
+            total = len(rows) if limit is None or len(rows) < limit else store.count_anomalies(
+                since_s=since_s, kind=kind, symbol=symbol)
     if as_json:
-        print_json(rows)
+        print_json(rows)  # exactly the contract's fields (CONTRACT section 4)
         return
-    print_anomaly_table(rows)
+    print_anomaly_table(rows, total=total, wide=wide)
 
 
-def _incident_table(path: Path):
+def _incident_table(path: Path | None):
     from alerts.incidents import IncidentTable
 
-    if not path.exists():
+    if path is None:
         return None
-    return IncidentTable(path, readonly=True)
+    with user_errors():
+        return IncidentTable(path, readonly=True)
+
+
+def _with_iso(row: dict, *fields: str, seconds: bool = False) -> dict:
+    """``row`` with ``<field>_iso`` (ISO 8601, UTC) beside each epoch field it has."""
+    for f in fields:
+        if f in row:
+            v = row[f]
+            row[f"{f}_iso"] = iso(v * 1000 if seconds and v is not None else v)
+    return row
 
 
 @app.command()
@@ -263,22 +426,30 @@ def incidents(
     config: Path = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
     limit: int = typer.Option(50, "--limit", min=1),
+    wide: bool = WideOpt,
 ) -> None:
     """List incidents, most recently active first."""
     cfg = load_config(config)
-    table = _incident_table(Path(cfg.store.path))
-    rows = table.list(limit) if table is not None else []
+    table = _incident_table(existing_store(cfg))
+    with user_errors():
+        rows = table.list(limit) if table is not None else []
+        total = len(rows) if len(rows) < limit else table.count()
     for r in rows:
         r.pop("timeline")
+        _with_iso(r, "opened_ts", "last_ts")
     if as_json:
         print_json(rows)
         return
-    t = make_table(f"{len(rows)} incidents", ("id", "status", "severity", "opened (UTC)", "last (UTC)", "title"))
-    for r in rows:
-        sev = r["severity"]
-        t.add_row(safe(r["id"]), safe(r["status"]), sev_cell(sev), fmt_ts(r["opened_ts"]),
-                  fmt_ts(r["last_ts"]), safe(r["title"]))
-    Console().print(t)
+    title = f"{len(rows)} of {total:,} incidents" if total > len(rows) else plural(len(rows), "incident")
+    headers = ["id", "status", "severity", "opened (UTC)", "last (UTC)", "title"]
+    cells = [[r["id"], r["status"], sev_text(r["severity"]), iso(r["opened_ts"], ms=False), iso(r["last_ts"], ms=False),
+              r["title"]] for r in rows]
+    if not wide:  # room for the title; --wide and --json have when it opened
+        headers.pop(3)
+        for c in cells:
+            c.pop(3)
+    print_fitted(title + ", most recent first" + ("" if wide else " (--wide: whole cells)"), headers, cells, wide,
+                 minimum={"id": 999, "status": 9, "opened (UTC)": 20, "last (UTC)": 20, "severity": 8})
 
 
 @app.command()
@@ -286,26 +457,31 @@ def incident(
     incident_id: str = typer.Argument(..., help="An incident id from `perpwatch incidents`."),
     config: Path = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the incident as JSON."),
+    wide: bool = WideOpt,
 ) -> None:
     """One incident: its evidence and its timeline (which anomaly joined when and why)."""
     cfg = load_config(config)
-    table = _incident_table(Path(cfg.store.path))
-    row = table.get(incident_id) if table is not None else None
+    table = _incident_table(existing_store(cfg))
+    with user_errors():
+        row = table.get(incident_id) if table is not None else None
     if row is None:
         raise fail(f"no incident {incident_id!r} in {cfg.store.path}", 1)
+    _with_iso(row, "opened_ts", "last_ts")
+    for e in row["timeline"]:
+        _with_iso(e, "ts")
     if as_json:
         print_json(row)
         return
     console = Console()
     sev = row["severity"]
     console.print(f"[bold]{safe(row['id'])}[/]  {sev_cell(sev)}  {safe(row['status'])}  {safe(row['title'])}")
+    console.print(f"opened {iso(row['opened_ts'])}, last {iso(row['last_ts'])} (event time)")
     console.print(f"symbols: {safe(', '.join(row['symbols'])) or '-'}   "
                   f"accounts: {safe(', '.join(row['accounts'][:20])) or '-'}")
-    t = make_table("timeline (event time)", ("time (UTC)", "kind", "severity", "symbol", "account", "why it joined"))
-    for e in row["timeline"]:
-        t.add_row(fmt_ts(e["ts"]), safe(e["kind"]), sev_cell(e["severity"]), safe(e["symbol"] or ""),
-                  safe(e["account"] or ""), safe(e["reason"]))
-    console.print(t)
+    print_fitted("timeline (event time)", ["time (UTC)", "kind", "severity", "symbol", "account", "why it joined"],
+                 [[iso(e["ts"]), e["kind"], sev_text(e["severity"]), e["symbol"] or "", e["account"] or "",
+                   e["reason"]] for e in row["timeline"]], wide,
+                 minimum={"time (UTC)": 24, "kind": 13, "severity": 8}, console=console)
 
 
 @app.command()
@@ -314,6 +490,7 @@ def export(
     config: Path = ConfigOpt,
     since: str = typer.Option("1d", "--since", help="Anomalies of the last DURATION."),
     fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Export stored anomalies with polars (detail as a JSON column)."""
     import polars as pl
@@ -322,24 +499,34 @@ def export(
         raise fail(f"--format: expected parquet or csv, got {fmt!r}", 2)
     cfg = load_config(config)
     since_s = parse_duration("--since", since)
-    path = Path(cfg.store.path)
+    if not out.parent.is_dir():
+        raise fail(f"cannot write {out}: no such directory {str(out.parent)!r}", 1)
+    if out.is_dir():
+        raise fail(f"cannot write {out}: it is a directory", 1)
+    path = existing_store(cfg)
     with user_errors():
-        rows = Store.reader(path).anomalies(since_s=since_s, limit=None) if path.exists() else []
+        rows = Store.reader(path).anomalies(since_s=since_s, limit=None) if path is not None else []
     schema = {"id": pl.Utf8, "kind": pl.Utf8, "symbol": pl.Utf8, "account": pl.Utf8, "ts": pl.Int64,
               "score": pl.Float64, "severity": pl.Utf8, "detail": pl.Utf8}
     df = pl.DataFrame([{**r, "detail": msgspec.json.encode(r["detail"]).decode()} for r in rows], schema=schema)
-    if fmt == "parquet":
-        df.write_parquet(out)
-    else:
-        df.write_csv(out)
+    try:
+        if fmt == "parquet":
+            df.write_parquet(out)
+        else:
+            df.write_csv(out)
+    except OSError as e:
+        raise fail(f"cannot write {out}: {e.strerror or e}", 1) from None
+    if as_json:
+        print_json({"anomalies": df.height, "out": str(out), "format": fmt})
+        return
     print(f"{df.height} anomalies -> {out}")
 
 
 @app.command()
-def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Sources, lag, open incidents and pending notifications, from the store and /metrics."""
-    from rich.panel import Panel
+def status(config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Sources, lag, open incidents and pending notifications, from the store and /metrics.
 
+    Exit 1 when the daemon's /metrics cannot be reached (it is not running, or elsewhere)."""
     from alerts.incidents import IncidentTable
     from alerts.outbox import Outbox
     from monitor.ops.metrics import scrape
@@ -352,8 +539,10 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
             store = Store.reader(path)
             report["anomalies_last_hour"] = store.detected_since(time.time() - 3600)
             report["latest_anomaly_ts"] = store.latest_ts()
+            report["latest_anomaly_ts_iso"] = iso(report["latest_anomaly_ts"])
             report["open_incidents"] = IncidentTable(path, readonly=True).firing()
             report["pending_notifications"] = Outbox(path, readonly=True).pending()
+    reachable = True
     if cfg.metrics.enabled:
         host, port = config_mod.listen_address(cfg)
         per_source = {"perpwatch_source_connected": "connected", "perpwatch_source_last_frame_seconds": "last_frame_wall",
@@ -361,6 +550,7 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
         try:
             samples = scrape(host, port)
         except OSError as e:
+            reachable = False
             report["metrics"] = f"unreachable ({e.__class__.__name__}): is the daemon running?"
         else:
             report["metrics"] = "up"
@@ -369,18 +559,36 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
                     report["sources"].setdefault(labels["source"], {})[per_source[name]] = value
                 elif name == "perpwatch_event_lag_seconds" and not labels:
                     report["event_lag_s"] = value
+            for s in report["sources"].values():
+                if s.get("last_frame_wall"):
+                    s["last_frame_wall_iso"] = iso(s["last_frame_wall"] * 1000)
+    else:
+        report["metrics"] = "disabled ([metrics] enabled = false)"
     if as_json:
         print_json(report)
-        return
+        raise typer.Exit(0 if reachable else 1)
     t = Table.grid(padding=(0, 2))
-    for k, v in report.items():
-        if k != "sources":
-            t.add_row(k, safe(v))
+    shown = {"store": report["store"], "metrics": report["metrics"]}
+    if "anomalies_last_hour" in report:
+        shown["anomalies stored in the last hour"] = f"{report['anomalies_last_hour']:,}"
+        shown["latest anomaly (event time)"] = iso(report["latest_anomaly_ts"]) or "none yet"
+        shown["open incidents"] = f"{report['open_incidents']:,}"
+        shown["pending notifications"] = f"{report['pending_notifications']:,}"
+    else:
+        shown["store file"] = "not created yet (the daemon has not run with this config)"
+    if "event_lag_s" in report:
+        shown["event lag"] = f"{report['event_lag_s']:.1f} s"
+    for k, v in shown.items():
+        t.add_row(k, safe(v))
     for name, s in report["sources"].items():
-        age = time.time() - s.get("last_frame_wall", 0) if s.get("last_frame_wall") else None
-        t.add_row(f"source {safe(name)}", f"{'connected' if s.get('connected') else 'DOWN'}, {int(s.get('frames', 0))} "
-                  f"frames, last {age:.1f} s ago" if age is not None else "no frame yet")
+        age = time.time() - s["last_frame_wall"] if s.get("last_frame_wall") else None
+        state = "connected" if s.get("connected") else "DOWN"
+        last = f"last {age:.1f} s ago ({iso(s['last_frame_wall'] * 1000, ms=False)})" if age is not None else "no frame yet"
+        t.add_row(f"source {safe(name)}", f"{state}, {int(s.get('frames', 0)):,} frames, {safe(last)}")
+    from rich.panel import Panel
+
     Console().print(Panel(t, title="perpwatch status"))
+    raise typer.Exit(0 if reachable else 1)
 
 
 alert_app = typer.Typer(help="Check the alert receivers.", no_args_is_help=True)
@@ -415,12 +623,8 @@ silence_app = typer.Typer(help="Mute notifications matching a symbol, kind or ac
 app.add_typer(silence_app, name="silence")
 
 
-def _silences(config: Path):
-    from alerts.silence import SilenceTable
-
-    cfg = load_config(config)
-    Path(cfg.store.path).parent.mkdir(parents=True, exist_ok=True)
-    return SilenceTable(cfg.store.path)
+def _silence_rows(rows: list) -> list[dict]:
+    return [_with_iso(msgspec.structs.asdict(s), "starts_at", "ends_at", seconds=True) for s in rows]
 
 
 @silence_app.command("add")
@@ -431,37 +635,67 @@ def silence_add(
     account: Optional[str] = typer.Option(None, "--account", help="Account glob."),
     duration: str = typer.Option(..., "--for", help="How long, e.g. 30m, 2h."),
     comment: str = typer.Option("", "--comment", help="Why (shown in `silence list`)."),
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Add a silence; the running daemon honours it within seconds."""
-    seconds = parse_duration("--for", duration)
-    try:
-        s = _silences(config).add(symbol=symbol, kind=kind, account=account, seconds=seconds, comment=comment)
-    except ValueError as e:
-        raise fail(str(e), 2) from None
+    """Add a silence; the running daemon honours it within seconds. Prints its id."""
+    from alerts.silence import SilenceTable
+
+    seconds = parse_duration("--for", duration, positive=True)
+    check_kind("--kind", kind)
+    if symbol is None and kind is None and account is None:
+        raise fail("a silence needs at least one of --symbol, --kind, --account", 2)
+    cfg = load_config(config)
+    with user_errors():
+        s = SilenceTable(cfg.store.path).add(symbol=symbol, kind=kind, account=account, seconds=seconds,
+                                             comment=comment)
+    if as_json:
+        print_json(_silence_rows([s])[0])
+        return
     print(s.id)
 
 
 @silence_app.command("list")
-def silence_list(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json"),
-                 expired: bool = typer.Option(False, "--expired", help="Include expired silences.")) -> None:
-    """Active silences (and expired ones with --expired)."""
-    rows = [msgspec.structs.asdict(s) for s in _silences(config).all(include_expired=expired)]
+def silence_list(config: Path = ConfigOpt, as_json: bool = JsonOpt,
+                 expired: bool = typer.Option(False, "--expired", help="Include expired silences."),
+                 wide: bool = WideOpt) -> None:
+    """Active silences (and expired ones with --expired). Never creates the store."""
+    from alerts.silence import SilenceTable
+
+    cfg = load_config(config)
+    path = existing_store(cfg)
+    with user_errors():
+        rows = _silence_rows(SilenceTable(path, readonly=True).all(include_expired=expired)) if path else []
     if as_json:
         print_json(rows)
         return
-    t = make_table(f"{len(rows)} silences", ("id", "symbol", "kind", "account", "until (UTC)", "comment"))
-    for r in rows:
-        t.add_row(safe(r["id"]), safe(r["symbol"] or "*"), safe(r["kind"] or "*"), safe(r["account"] or "*"),
-                  fmt_ts(int(r["ends_at"] * 1000)), safe(r["comment"]))
-    Console().print(t)
+    print_fitted(plural(len(rows), "silence"), ["id", "symbol", "kind", "account", "from (UTC)", "until (UTC)", "comment"],
+                 [[r["id"], r["symbol"] or "*", r["kind"] or "*", r["account"] or "*", iso(r["starts_at"] * 1000, ms=False),
+                   iso(r["ends_at"] * 1000, ms=False), r["comment"]] for r in rows], wide,
+                 minimum={"id": 999, "from (UTC)": 20, "until (UTC)": 20})
 
 
 @silence_app.command("expire")
-def silence_expire(silence_id: str = typer.Argument(...), config: Path = ConfigOpt) -> None:
-    """End a silence now."""
-    if not _silences(config).expire(silence_id):
-        raise fail(f"no active silence {silence_id!r}", 1)
-    print(f"expired {silence_id}")
+def silence_expire(silence_ids: list[str] = typer.Argument(..., help="One or more silence ids."),
+                   config: Path = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """End silences now (exit 1 if any id is not an active silence)."""
+    from alerts.silence import SilenceTable
+
+    cfg = load_config(config)
+    path = existing_store(cfg)
+    expired, missing = [], []
+    with user_errors():
+        table = SilenceTable(path) if path is not None else None
+        for sid in silence_ids:
+            (expired if table is not None and table.expire(sid) else missing).append(sid)
+    if as_json:
+        print_json({"expired": expired, "not_found": missing})
+    else:
+        for sid in expired:
+            print(f"expired {sid}")
+        for sid in missing:
+            err.print(f"[bold red]perpwatch:[/] no active silence {escape(clean(repr(sid)))}", highlight=False)
+    if missing:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -501,6 +735,7 @@ def simulate(
     seed: int = typer.Option(7, "--seed"),
     symbols: int = typer.Option(6, "--symbols", min=1, max=8),
     accounts: int = typer.Option(3000, "--accounts", min=100),
+    as_json: bool = typer.Option(False, "--json", help="With --record --speed 0: print what was written as JSON."),
 ) -> None:
     """Serve a labelled stress scenario over the native protocol (and/or record it)."""
     from monitor.simulate.scenarios import SCENARIOS, build
@@ -508,19 +743,38 @@ def simulate(
 
     if scenario not in SCENARIOS:
         raise fail(f"--scenario: unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})", 2)
+    if speed < 0 or (speed == 0 and record is None):
+        raise fail("--speed: must be > 0 (or 0 with --record: write the recording offline)", 2)
+    if record is not None and not record.parent.is_dir():
+        raise fail(f"--record: no such directory {str(record.parent)!r}", 1)
     seconds = seconds or (3600.0 if scenario == "mixed" else 600.0)
+    start_ts = int(time.time() * 1000)
     market, labels = build(scenario, seed=seed, seconds=seconds, symbols=symbols, accounts=accounts,
-                           start_ts=int(time.time() * 1000))
+                           start_ts=start_ts)
     end_ts = market.ts + int(seconds * 1000)
     console = Console()
     if record is not None and speed == 0:
-        frames = record_market(market, seconds, record)
-        console.print(f"recorded {frames} frames ({seconds:g} simulated s) to {record}")
+        with progress_while(f"recording {record.name}", seconds, "simulated s",
+                            lambda: (market.ts - start_ts) / 1000):
+            try:
+                frames = record_market(market, seconds, record)
+            except OSError as e:
+                raise fail(f"--record: cannot write {record}: {e.strerror or e}", 1) from None
+        if as_json:
+            out = Path(str(record) + ".labels.json")
+            out.write_bytes(msgspec.json.encode(labels))
+            print_json({"frames": frames, "simulated_s": seconds, "recording": str(record), "labels": str(out),
+                        "start_ts": start_ts, "start_ts_iso": iso(start_ts)})
+            return
+        console.print(f"recorded {frames:,} frames ({seconds:g} simulated s) to {record}")
     else:
         async def serve() -> None:
             sink = record.open("wb") if record is not None else None
             server = FeedServer(market, host=host, port=port, speed=speed, record=sink)
-            await server.start()
+            try:
+                await server.start()
+            except OSError as e:
+                raise fail(f"cannot listen on {host}:{port}: {e.strerror or e}", 1) from None
             console.print(f"serving {scenario!r} at {server.url} (speed x{speed:g}; Ctrl-C to stop)")
             try:
                 while market.ts < end_ts:
@@ -562,7 +816,8 @@ def evaluate(
     pipeline = build_pipeline(load_config(config) if config is not None else None)  # correlator included
     tune_gc()
     t0 = time.perf_counter()
-    found = pipeline.run_frames(read_recording(recording), NativeCodec())
+    with progress_of(recording, f"evaluating {recording.name}") as frames:
+        found = pipeline.run_frames(frames(read_recording(recording)), NativeCodec())
     elapsed = time.perf_counter() - t0
     report = run_evaluation([msgspec.structs.asdict(a) for a in found], truth, pipeline.clock.first,
                             pipeline.clock.now)
@@ -605,26 +860,98 @@ def print_evaluation(report: dict, console: Console | None = None) -> None:
     console.print(s)
 
 
+def _progress(unit: str):
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[done]}"), TimeRemainingColumn(), console=err, transient=True)
+
+
+def _uncompressed_size(path: Path) -> int:
+    """The size a recording reads as: a gzip's trailer holds it (modulo 4 GiB)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        f.seek(-4, 2)
+        return int.from_bytes(f.read(4), "little") or size
+
+
+@contextlib.contextmanager
+def progress_of(path: Path, description: str) -> Iterator:
+    """A progress bar over a recording's bytes on stderr when stderr is a terminal (nothing
+    otherwise); yields a wrapper for the recording's frames."""
+    if not err.is_terminal:
+        yield lambda frames: frames
+        return
+    total = _uncompressed_size(path)
+    with _progress("bytes") as bar:
+        task = bar.add_task(description, total=total, done="")
+
+        def frames(source):
+            n = done = 0
+            for frame in source:  # a frame, or a recorded item (source, payload, ts)
+                n += 1
+                payload = frame[1] if isinstance(frame, tuple) else frame
+                done += (len(payload) if isinstance(payload, (bytes, str)) else 0) + 1
+                if n % 512 == 0:
+                    bar.update(task, completed=min(done, total), done=f"{n:,} frames")
+                yield frame
+            bar.update(task, completed=total, done=f"{n:,} frames")
+
+        yield frames
+
+
+@contextlib.contextmanager
+def progress_while(description: str, total: float, unit: str, completed: Callable[[], float]) -> Iterator[None]:
+    """A progress bar on stderr (when it is a terminal) polling ``completed()`` while the
+    block runs (it reads a counter the block advances; nothing else is shared)."""
+    if not err.is_terminal:
+        yield
+        return
+    import threading
+
+    stop = threading.Event()
+    with _progress(unit) as bar:
+        task = bar.add_task(description, total=total, done="")
+
+        def poll() -> None:
+            while not stop.wait(0.1):
+                bar.update(task, completed=min(completed(), total), done=f"{completed():,.0f} {unit}")
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            bar.update(task, completed=min(completed(), total), done=f"{completed():,.0f} {unit}")
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
 def print_json(obj) -> None:
     sys.stdout.write(msgspec.json.encode(obj).decode() + "\n")
 
 
-def make_table(title: str, columns: tuple[str, ...]) -> Table:
-    t = Table(title=title)  # titles are ours; every cell from data goes through safe()
-    for col in columns:
-        t.add_column(col, overflow="fold")
-    return t
-
-
-def print_anomaly_table(rows: list[dict], console: Console | None = None) -> None:
-    console = console or Console()
-    t = make_table(f"{len(rows)} anomalies (newest first)",
-                   ("time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"))
-    for r in rows:
-        sev = r["severity"]
-        t.add_row(fmt_ts(r["ts"]), safe(r["kind"]), sev_cell(sev), safe(r["symbol"] or ""), safe(r["account"] or ""),
-                  f"{r['score']:.3g}", summarize_detail(r["detail"]))
-    console.print(t)
+def print_anomaly_table(rows: list[dict], console: Console | None = None, total: int | None = None,
+                        wide: bool = False) -> None:
+    total = len(rows) if total is None else total
+    title = f"{len(rows)} of {total:,} anomalies" if total > len(rows) else plural(len(rows), "anomaly", "anomalies")
+    headers = ["time (UTC)", "kind", "severity", "symbol", "account", "score", "detail"]
+    cells = [[iso(r["ts"], ms=wide), r["kind"], sev_text(r["severity"]), r["symbol"] or "", r["account"] or "",
+              f"{r['score']:.3g}", detail_text(r["detail"])] for r in rows]
+    if rows and not any(r["account"] for r in rows):  # symbol-level anomalies only: room for the detail
+        headers.pop(4)
+        for c in cells:
+            c.pop(4)
+    print_fitted(title + ", newest first" + ("" if wide else " (--wide: whole cells)"), headers, cells, wide,
+                 minimum={"time (UTC)": 20, "kind": 17, "severity": 8, "symbol": 8, "account": 5, "score": 5,
+                          "detail": 10},
+                 console=console)
 
 
 @app.command()
@@ -663,14 +990,13 @@ def whatif(
         return
     console = Console()
     console.print(safe(out["text"]), markup=False)
-    t = make_table(f"what if {symbol} {shock} (event time {out['event_time']})",
-                   ("round", "symbol", "price before", "after", "liquidated", "accounts", "cross", "depth eaten"))
-    for i, rnd in enumerate(out["rounds"], 1):
-        for r in rnd:
-            t.add_row(str(i), safe(r["symbol"]), f"{r['price_before']:.6g}", f"{r['price_after']:.6g}",
-                      money(r["liquidated_notional"]), str(r["accounts"]), str(r["cross_accounts"]),
-                      money(r["depth_consumed"]) + (" (exhausted)" if r["exhausted"] else ""))
-    console.print(t)
+    rows = [[str(i), r["symbol"], f"{r['price_before']:.6g}", f"{r['price_after']:.6g}",
+             money(r["liquidated_notional"]), str(r["accounts"]), str(r["cross_accounts"]),
+             money(r["depth_consumed"]) + (" (exhausted)" if r["exhausted"] else "")]
+            for i, rnd in enumerate(out["rounds"], 1) for r in rnd]
+    console.print(fitted_table(f"what if {symbol} {shock} (event time {out['event_time']})",
+                               ["round", "symbol", "price before", "after", "liquidated", "accounts", "cross",
+                                "depth eaten"], rows, console.width))
     crit = out.get("critical_shock")
     console.print(f"critical shock: {crit * 100:+.3g}% ({safe(out['critical_path'])})" if crit is not None else
                   f"critical shock: none within {', '.join(f'{x:.1%}' for x in out['ladder'])} both ways", markup=False)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -157,8 +159,9 @@ async def run_demo(duration: float, speed: float, seed: int, symbols: int, accou
         await receiver.stop()
     console.print(summary_table(daemon, server, sink, receiver, time.monotonic() - t0))
     console.print(truth_table(daemon, labels))
-    console.print(f"\nquery this run:  perpwatch anomalies --config {cfg_path}\n"
-                  f"                 perpwatch incidents --config {cfg_path}")
+    pw = command_name()
+    console.print(f"\nquery this run:  {pw} anomalies --config {cfg_path}\n"
+                  f"                 {pw} incidents --config {cfg_path}")
     return code
 
 
@@ -176,6 +179,27 @@ def incidents_table(receiver: WebhookReceiver, t0: float, keep: int = 8) -> Tabl
     return t
 
 
+def warmup_seconds(daemon: Daemon) -> float:
+    """The longest explicit warm-up of the running detectors, in seconds of event time."""
+    tick_ms = daemon.pipeline.clock.tick_ms
+    return max((getattr(d.config, "warmup_ticks", 0) * tick_ms / 1000 for d in daemon.pipeline.detectors), default=0.0)
+
+
+def command_name() -> str:
+    """How to call this perpwatch from the current directory: ``perpwatch`` when that is on
+    the PATH, else the script beside this Python (``.venv/bin/perpwatch`` after ``make demo``)."""
+    here = Path(sys.executable).parent / "perpwatch"
+    on_path = shutil.which("perpwatch")
+    if on_path and here.exists() and Path(on_path).resolve() == here.resolve():
+        return "perpwatch"
+    if not here.exists():
+        return "perpwatch" if on_path else f"{sys.executable} -m monitor.app.cli"
+    try:
+        return str(here.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(here.absolute())
+
+
 def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receiver: WebhookReceiver, labels,
          t0: float) -> Group:
     elapsed = max(time.monotonic() - t0, 1e-9)
@@ -188,6 +212,13 @@ def view(daemon: Daemon, server: FeedServer, sink: ConsoleSink, receiver: Webhoo
                   f"[bold]{len(daemon.pipeline.state.accounts):,}[/] accounts",
                   f"simulated [bold]{sim_s:,.0f}[/] s in {elapsed:,.0f} s",
                   "anomalies: " + (", ".join(f"{k} [bold]{v}[/]" for k, v in sink.kinds.most_common()) or "none yet"))
+    warmup_s = warmup_seconds(daemon)
+    if sim_s < warmup_s:
+        left = warmup_s - sim_s
+        rate = sim_s / elapsed if sim_s > 0 else 0.0
+        stats.add_row(f"[yellow]warming up[/]: the detectors learn this market's normal for the first "
+                      f"{warmup_s:,.0f} s of event time and flag nothing before; {left:,.0f} s to go"
+                      + (f" (~{left / rate:,.0f} s of wall time)" if rate > 0 else ""))
     injected = Table.grid(padding=(0, 2))
     for lb in labels:
         if lb.kind == "benign_surge":

@@ -12,8 +12,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, PlatformCollector, ProcessCollector,
+                               generate_latest)
 from monitor.logs import RateLimitedSamples
+from monitor.ops.build import build_info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,12 +23,41 @@ log = structlog.get_logger("perpwatch.metrics")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def health(d) -> tuple[bool, str]:
-    """``/healthz``: not ok while the store refuses writes (anomalies are held or spilled)."""
+MAX_LOOP_LAG_S = 5.0  # an event loop this late is not keeping up (the watchdog restarts it at 30 s)
+
+
+def health(d, now: float | None = None) -> tuple[bool, str]:
+    """``/healthz``: ok, or each reason it is not, one per line (answered with 503):
+
+    - the store refuses writes (anomalies are held or spilled);
+    - the event loop runs more than ``MAX_LOOP_LAG_S`` late;
+    - no source delivers: each has gone without a frame for longer than its
+      ``stale_after`` (disconnected, refused, or connected but silent), counted from start
+      for a source that never sent one.
+    """
+    now = time.time() if now is None else now
+    reasons = []
     h = d.held
     if not h.healthy:
-        return False, (f"store not writable since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(h.failing_since))}"
-                       f": {h.last_error}; {len(h.queue)} anomalies held, {h.spilled} spilled, {h.lost} lost\n")
+        reasons.append(f"store not writable since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(h.failing_since))}"
+                       f": {h.last_error}; {len(h.queue)} anomalies held, {h.spilled} spilled, {h.lost} lost")
+    if d.loop_lag_s > MAX_LOOP_LAG_S:
+        reasons.append(f"event loop {d.loop_lag_s:.1f} s late (more than {MAX_LOOP_LAG_S:g} s): overloaded or blocked")
+    failing = []
+    for src in d.cfg.sources:
+        st = d.status[src.name]
+        silent = now - (st.last_frame_wall or d.started_wall)
+        if silent <= src.stale_after.seconds:
+            break  # this one delivers
+        state = "connected but silent" if st.connected else "not connected"
+        why = f", last error: {st.last_error[:120]}" if st.last_error and not st.connected else ""
+        seen = f"no frame for {silent:.0f} s" if st.last_frame_wall else f"no frame since start ({silent:.0f} s)"
+        failing.append(f"{src.name}: {state}, {seen}{why}")
+    else:
+        if failing:
+            reasons.append("no source delivering: " + "; ".join(failing))
+    if reasons:
+        return False, "".join(r + "\n" for r in reasons)
     return True, "ok\n"
 
 
@@ -38,6 +69,11 @@ class DaemonCollector:
 
     def collect(self):
         d = self.daemon
+        info = build_info()
+        build = GaugeMetricFamily("perpwatch_build_info", "1, labelled with the running build.",
+                                  labels=["version", "python"])
+        build.add_metric([info["version"], info["python"]], 1.0)
+        yield build
         events = CounterMetricFamily("perpwatch_events", "Events applied, by type.", labels=["type"])
         for t, n in d.pipeline.counts.items():
             events.add_metric([t], n)
@@ -45,8 +81,8 @@ class DaemonCollector:
         frames = CounterMetricFamily("perpwatch_frames", "Frames received, by source.", labels=["source"])
         drops = CounterMetricFamily("perpwatch_decode_errors", "Frames/events dropped, by source and reason.",
                                     labels=["source", "reason"])
-        unknown = CounterMetricFamily("perpwatch_unknown_messages", "Unknown types ignored, by source.",
-                                      labels=["source"])
+        unknown = CounterMetricFamily("perpwatch_unknown_messages", "Unknown types ignored, by source and type "
+                                      "name (256 names per source, the rest as (other)).", labels=["source", "type"])
         connected = GaugeMetricFamily("perpwatch_source_connected", "1 when the source is connected.",
                                       labels=["source"])
         last = GaugeMetricFamily("perpwatch_source_last_frame_seconds", "Wall time of the last frame.",
@@ -58,7 +94,8 @@ class DaemonCollector:
             stats = d.codecs[name].stats
             for reason, n in stats.dropped.items():
                 drops.add_metric([name, reason], n)
-            unknown.add_metric([name], sum(stats.unknown.values()))
+            for type_name, n in stats.unknown.items():
+                unknown.add_metric([name, type_name], n)
         reconnects = CounterMetricFamily("perpwatch_source_reconnects", "Connections ended and retried, by source "
                                          "and why.", labels=["source", "reason"])
         for name, st in d.status.items():
@@ -104,6 +141,13 @@ class DaemonCollector:
             buckets.append(("+Inf" if bound == float("inf") else str(bound), cum))
         hist.add_metric([], buckets, sum_value=d.lag_sum)
         yield hist
+        ahead = CounterMetricFamily("perpwatch_frames_ahead_of_wall", "Frames whose last event was stamped ahead of "
+                                    "wall time (observed as 0 in perpwatch_frame_event_lag_seconds).")
+        ahead.add_metric([], d.frames_ahead)
+        ahead_max = GaugeMetricFamily("perpwatch_frame_event_ahead_max_seconds",
+                                      "The furthest ahead of wall time a frame's event time has been.")
+        ahead_max.add_metric([], d.ahead_max_s)
+        yield from (ahead, ahead_max)
         loop = GaugeMetricFamily("perpwatch_loop_lag_seconds", "How late the event loop's last heartbeat ran.")
         loop.add_metric([], d.loop_lag_s)
         yield loop
@@ -176,10 +220,17 @@ class DaemonCollector:
             if status is None:
                 continue
             s = status()
-            sent = CounterMetricFamily("perpwatch_notifications_sent", "Notifications delivered (2xx).")
-            sent.add_metric([], s["sent"])
-            failed = CounterMetricFamily("perpwatch_notifications_failed", "Delivery attempts that failed.")
-            failed.add_metric([], s["failed"])
+            sent = CounterMetricFamily("perpwatch_notifications_sent", "Notifications delivered (2xx), by receiver.",
+                                       labels=["receiver"])
+            failed = CounterMetricFamily("perpwatch_notifications_failed", "Delivery attempts that failed, by receiver.",
+                                         labels=["receiver"])
+            expired = CounterMetricFamily("perpwatch_notifications_expired",
+                                          "Notifications given up at the attempt/age limit, by receiver.",
+                                          labels=["receiver"])
+            for receiver, c in s.get("receivers", {}).items():
+                sent.add_metric([receiver], c["sent"])
+                failed.add_metric([receiver], c["failed"])
+                expired.add_metric([receiver], c["expired"])
             open_ = GaugeMetricFamily("perpwatch_incidents_open", "Open incidents.")
             open_.add_metric([], s["open_incidents"])
             pending = GaugeMetricFamily("perpwatch_notifications_pending", "Notifications in the outbox.")
@@ -191,9 +242,6 @@ class DaemonCollector:
                                          "task goes on).", labels=["task"])
             for task, n in s.get("errors", {}).items():
                 errors.add_metric([task], n)
-            expired = CounterMetricFamily("perpwatch_notifications_expired",
-                                          "Notifications given up at the attempt/age limit.")
-            expired.add_metric([], s.get("expired", 0))
             yield from (errors, expired)
 
 
@@ -210,6 +258,8 @@ def scrape(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, dict[s
 def serve(daemon, host: str, port: int) -> ThreadingHTTPServer | None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+    PlatformCollector(registry=registry)  # python_info
 
     samples = RateLimitedSamples(per_minute=1)
 
