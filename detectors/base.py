@@ -57,6 +57,12 @@ class Detector:
         check suite floods symbols and verifies it)."""
         return {}
 
+    emits: ClassVar[tuple[str, ...]] = ()  # anomaly kinds it raises; empty: its name
+
+    @classmethod
+    def kinds(cls) -> tuple[str, ...]:
+        return cls.emits or (cls.name,)
+
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Per-key maps and their caps (name -> (entries, cap)): the check suite floods
         accounts and verifies each stays within its cap."""

@@ -71,6 +71,7 @@ class WhatIf(Detector):
     name = "whatif"
     Config = WhatIfConfig
     consumes = ()
+    emits = ("cascade_risk",)
     check_params = [{"enabled": True}, {"every_ms": 1_000, "warmup_ms": 1_000, "min_notional": 1_000.0, "threshold": 0.1,
                          "rearm_ms": 1_000},
                     {"every_ms": 500, "warmup_ms": 0, "min_notional": 1.0, "max_positions": 5,

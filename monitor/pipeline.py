@@ -231,8 +231,10 @@ class Pipeline:
         return p
 
 
-# Every kind an anomaly can have: one per detector, the correlator's, the daemon's stale-feed check.
-ANOMALY_KINDS: tuple[str, ...] = tuple(sorted({*REGISTRY, "cascade_risk", "feed_stale"}))
+# Every kind an anomaly can have: the detectors' (each declares its ``kinds``), the correlator's
+# cascade_risk, the daemon's stale-feed check and the pipeline's coverage watch.
+ANOMALY_KINDS: tuple[str, ...] = tuple(sorted({*(k for cls in REGISTRY.values() for k in cls.kinds()),
+                                               "cascade_risk", "feed_stale", "coverage"}))
 
 
 def unknown_kind(kind: str) -> str | None:
