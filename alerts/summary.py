@@ -48,8 +48,11 @@ def _top(detail: dict, n: int = 3) -> str:
     for r in rows[:n]:
         if isinstance(r, dict) and r.get("account"):
             amount = r.get("notional") or r.get("cancelled_notional")
-            named.append(f"{r['account']}" + (f" {money(amount)}" if amount else ""))
-    total = detail.get("accounts_total") or detail.get("accounts_count") or detail.get("accounts_raising")
+            share = r.get("share")
+            named.append(f"{r['account']}" + (f" {money(amount)}" if amount else "")
+                         + (f" ({share:.0%})" if isinstance(share, (int, float)) else ""))
+    total = (detail.get("accounts_total") or detail.get("accounts_count") or detail.get("accounts_cancelling")
+             or detail.get("accounts_raising"))
     if named and isinstance(total, int) and total > len(named):
         named.append(f"+{total - len(named)} more")
     return ", ".join(named)
@@ -66,7 +69,11 @@ def line(a: dict[str, Any]) -> str:
         pulled, window = get("cancelled_notional", "near_cancelled_notional"), get("window_ms")
         if pulled is not None:
             parts.append(f"{money(pulled)} pulled" + (f" in {window / 1000:g} s" if window else ""))
-        ratio = get("cancel_to_trade", "cancel_trade_ratio", "ratio")
+        level = d.get("pulled_near_touch")
+        if isinstance(level, dict) and level.get("lump") is not None:
+            parts.append(f"{money(level['lump'])} off one {'bid' if level.get('side') == 'bid' else 'ask'} level near "
+                         f"the touch ({times(level.get('ratio_to_depth'))} the depth there)")
+        ratio = get("cancel_to_trade", "cancel_trade_ratio")
         if ratio is not None:
             parts.append(f"cancel/trade {times(ratio)}")
         top = _top(d)
