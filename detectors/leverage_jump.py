@@ -25,15 +25,21 @@ its history, not a jump; a close teaches nothing), and each has a USD floor,
   ago, at least ``min_notional`` and (equity known) ``min_effective_leverage`` x its equity;
   where the account's usual effective leverage is known, only if that jumps too (back from
   a small position to the account's normal size is not a jump);
-- effective leverage: total notional / equity ``lev_ratio`` x the account's usual (known
-  after ``MIN_EFF_OBSERVATIONS`` ticks its positions changed in: positions arriving together
-  count once) and at least ``min_effective_leverage``, on at least ``min_notional``;
+- effective leverage: total notional / equity at least ``min_effective_leverage`` (the risk
+  level) from flat (nothing held ``window_ms`` ago), and ``lev_ratio`` x the account's usual
+  where that is known (after ``MIN_EFF_OBSERVATIONS`` ticks its positions changed in:
+  positions arriving together count once), on at least ``min_notional``;
 - margin ratio: maintenance margin / equity crossing ``margin_ratio_warn`` after rising by
   ``margin_ratio_rise`` within ``window_ms``, with at least ``min_notional`` held. An account
   with no equity left under open positions is reported as such (``equity_exhausted``, score
   ``MR_SCORE_CAP``, never infinite); one with nothing left open (liquidated, flat) is not
   reported at all. Named on the symbol of the position the account changed last if that
   was within ``window_ms`` (what moved its margin), else of its largest position.
+
+What fires on its own: the notional rule, the leverage rule on a symbol the account has a
+history on, the effective-leverage rule from flat. A high leverage on a symbol new to the
+account, or a higher effective leverage alone, only supports them: that is how calm accounts
+with per-symbol settings (20x on one symbol, 3x on another) open their usual positions.
 
 An account's trips within one tick are one anomaly (the strongest, the other symbols in
 ``detail["symbols"]``); it re-fires within ``cooldown_ms`` only if its score doubles. Its
@@ -44,8 +50,8 @@ Symbol episodes (one story, one anomaly). A single account acting alone keeps it
 anomaly. When ``fold_min`` accounts trip account rules on one symbol within ``episode_ms``
 (a cohort levering up, a cluster forming, margin ratios rising as a cascade moves the
 price), that is one symbol-level anomaly (``scope: "accounts"``, no account) and every
-further trip there — and any trip elsewhere by an account already in it — is folded into
-it: its accounts are listed in ``detail`` (the top ``TOP_ACCOUNTS`` by notional, with the
+further trip there — and a trip naming it, within ``window_ms``, by an account folded in for
+tripping there — is folded into it: its accounts are listed in ``detail`` (the top ``TOP_ACCOUNTS`` by notional, with the
 count). The episode lasts until nothing happens on the symbol for ``episode_ms``; inside
 it only a higher severity fires again (critical: a critical account in it, or
 3 x ``cohort_min`` accounts).
@@ -159,7 +165,8 @@ class LeverageJumpConfig(DetectorConfig, kw_only=True):
 
 class _Sym:
     __slots__ = ("raisers", "raised", "oi_w", "oi_wl", "base", "lev_base", "first",
-                 "ep_last", "ep_rank", "members", "ep_count", "solo", "fresh")
+                 "ep_last", "ep_rank", "members", "ep_count", "solo", "fresh",
+                 "tripped")
 
     def __init__(self, cfg: LeverageJumpConfig) -> None:
         # account -> (time, notional, from, to) of its latest raise within the cohort window,
@@ -178,6 +185,7 @@ class _Sym:
         self.ep_count = 0  # accounts folded into it (also past MAX_MEMBERS)
         self.solo: list[tuple[int, str, float]] = []  # recent lone trips here: (time, account, notional)
         self.fresh = False  # a raise since the last tick
+        self.tripped: dict[str, int] = {}  # accounts folded in for tripping an account rule -> when
 
     def __setstate__(self, s) -> None:
         slots = s[1] if isinstance(s, tuple) else s
@@ -190,10 +198,13 @@ class _Sym:
     def open(self, ts: int, cfg: LeverageJumpConfig) -> bool:
         """Whether an episode is open at ``ts``; one that has gone quiet is closed here."""
         if self.ep_last and ts - self.ep_last >= cfg.episode_ms:
-            self.ep_last, self.ep_rank, self.members, self.ep_count = 0, 0, {}, 0
+            self.ep_last, self.ep_rank, self.members, self.ep_count, self.tripped = 0, 0, {}, 0, {}
         return self.ep_last != 0
 
-    def add_member(self, acct: str, notional: float) -> None:
+    def add_member(self, acct: str, notional: float, tripped: int = 0) -> None:
+        """Fold an account in (``tripped``: when it tripped an account rule, 0 for a raiser)."""
+        if tripped and (acct in self.tripped or len(self.tripped) < MAX_MEMBERS):
+            self.tripped[acct] = tripped
         if acct in self.members:
             self.members[acct] = max(self.members[acct], notional)
             return
@@ -389,16 +400,15 @@ class LeverageJump(Detector):
         rank = SEVERITY_RANK[trip["severity"]]
         s = self._syms[symbol]
         home = symbol if s.open(ts, cfg) else None
-        if home is None:  # an account already in an episode elsewhere: the same story
-            st = state.accounts.get(acct)
-            for other in list(trip["symbols"]) + (list(st.positions) if st is not None else []):
+        if home is None:  # an account it folded in, tripping again elsewhere: the same story
+            for other in trip["symbols"]:
                 o = self._syms.get(other)
-                if o is not None and acct in o.members and o.open(ts, cfg):
+                if o is not None and o.tripped.get(acct, 0) >= ts - cfg.window_ms and o.open(ts, cfg):
                     home = other
                     break
         if home is not None:
             e = self._syms[home]
-            e.add_member(acct, notional)
+            e.add_member(acct, notional, ts)
             e.ep_last = max(e.ep_last, ts)
             if e.ep_count >= 3 * cfg.cohort_min:
                 rank = CRITICAL
@@ -410,9 +420,9 @@ class LeverageJump(Detector):
             return
         s.solo = [x for x in s.solo if ts - x[0] < cfg.episode_ms and x[1] != acct]
         if len(s.solo) + 1 >= cfg.fold_min:  # a crowd: one symbol-level anomaly from now on
-            for _, a, n in s.solo:
-                s.add_member(a, n)
-            s.add_member(acct, notional)
+            for t, a, n in s.solo:
+                s.add_member(a, n, t)
+            s.add_member(acct, notional, ts)
             s.solo = []
             s.ep_last, s.ep_rank = ts, max(rank, CRITICAL if s.ep_count >= 3 * cfg.cohort_min else WARNING)
             out.append(self._symbol_anomaly(symbol, s, ts, s.ep_rank, state, "accounts", {
@@ -496,8 +506,8 @@ class LeverageJump(Detector):
             eff_jump = eff_known and effective >= cfg.lev_ratio * usual_eff[i]
             if base > 0 and total >= cfg.notional_ratio * base and (eff_jump or not eff_known):
                 reasons.append("notional")
-            if eff_jump:
-                reasons.append("effective_leverage")
+            if eff_jump or (base <= 0 and effective is not None and not eff_known):
+                reasons.append("effective_leverage")  # (from flat: nothing held a window ago is a jump too)
             # what fires: the notional rule; the leverage rule on a symbol the account has a
             # history on; the effective-leverage rule from flat (no notional to compare with).
             # A high leverage on a symbol new to the account, or a higher effective leverage
@@ -509,7 +519,7 @@ class LeverageJump(Detector):
             if reasons:
                 score = max(lev / max(ref, 1.0) if "leverage" in reasons else 0.0,
                             total / base if "notional" in reasons else 0.0,
-                            effective / usual_eff[i] if "effective_leverage" in reasons else 0.0)
+                            effective / (usual_eff[i] or 1.0) if "effective_leverage" in reasons else 0.0)
                 critical = lev >= cfg.critical_leverage or total >= cfg.critical_notional
                 self._trip(trips, acct, symbol, ts, score, "critical" if critical else "warning", total,
                            pos_notional, {
