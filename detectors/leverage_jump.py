@@ -51,8 +51,8 @@ anomaly. When ``fold_min`` accounts trip account rules on one symbol within ``ep
 (a cohort levering up, a cluster forming, margin ratios rising as a cascade moves the
 price), that is one symbol-level anomaly (``scope: "accounts"``, no account) and every
 further trip there — and a trip naming it, within ``window_ms``, by an account folded in for
-tripping there — is folded into it: its accounts are listed in ``detail`` (the top ``TOP_ACCOUNTS`` by notional, with the
-count). The episode lasts until nothing happens on the symbol for ``episode_ms``; inside
+tripping there — is folded into it: its accounts are listed in ``detail`` (the top
+``TOP_ACCOUNTS`` by notional, with the count). The episode lasts until nothing happens on the symbol for ``episode_ms``; inside
 it only a higher severity fires again (critical: a critical account in it, or
 3 x ``cohort_min`` accounts).
 
