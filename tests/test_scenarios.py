@@ -58,8 +58,6 @@ def test_leverage_jump_single_is_detected():
     assert report["false_alerts"] <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: strict scoring credits a cohort only as one symbol-level "
-                   "anomaly; the cohort rule's per-tick baseline absorbs it and only per-account anomalies fire")
 def test_leverage_cohort_is_one_symbol_level_anomaly():
     """40 accounts raising leverage on one symbol within 30 s: one symbol-level anomaly."""
     _, labels, report = run("leverage_jump", 720)
