@@ -1,53 +1,62 @@
-"""thin_book_cluster: more forced flow parked near the mark than the book can absorb.
+"""thin_book_cluster: more forced flow parked in a band than the book there can absorb.
 
 Liquidation prices come from ``monitor.state.liquidation``: maintenance-margin tiers
 (``tiers`` per symbol, else ``default_tiers``), the taker fee charged on the forced close
 (``taker_fee``), the funding payment due at the next funding time, and for cross positions
 the account's shared equity and the maintenance margin of its other cross positions (a
 cross position of an account whose equity is unknown is treated as isolated at its
-leverage). The venue's ``liq_price`` is only a cross-check: its divergence from ours is
-reported for the accounts named in an anomaly and counted per symbol.
+leverage). The venue's ``liq_price`` is a cross-check (its divergence from ours is reported
+for the accounts named in an anomaly and counted per symbol), and stands in for ours only
+where ours is already crossed while the venue keeps the position open: our inputs miss
+something for that account (counted as ``venue_fallback``).
 
 Per symbol, liquidation notional sits in log-price buckets of ``bucket_bps`` (longs and
-shorts apart), updated incrementally: a position or account event marks the account
-dirty; at the next tick its old contributions are taken out and new ones put in (at
-most ``max_dirty`` accounts wait: past that the oldest is recomputed at once). A
-symbol is evaluated at most once per ``eval_ms`` when its buckets or mark changed (and
-every 4 x ``eval_ms`` regardless: the book moves too). Longs
-liquidate into the bids below the mark, shorts into the asks above it. Walking out from
-the mark bucket by bucket to ``max_distance_bps``: C(d) = notional force-executed if the
-price reaches distance d; D(d) = book depth between the mark and d (what absorbs it), and
-never less than the depth within ``min_band_bps`` of the mark (forced orders hit the top
-of the book first; a band at the mark itself would otherwise have no depth at all).
+shorts apart, with the sum of squared account notionals per bucket), updated
+incrementally: a position or account event marks the account dirty; at the next tick its
+old contributions are taken out and new ones put in (at most ``max_dirty`` accounts wait:
+past that the oldest is recomputed at once). A symbol is evaluated at most once per
+``eval_ms`` when its buckets or mark changed (and every 4 x ``eval_ms`` regardless: the
+book moves too). Longs liquidate into the bids below the mark, shorts into the asks above
+it, out to ``max_distance_bps``.
 
-- pressure: the band (mark .. d) with the largest C/D, among those with C >=
-  ``min_cluster_notional``, has C/D >= ``factor``;
-- density (clustering on the buckets): the densest ``density_band_bps`` band holds
-  ``density_factor`` x the average band notional of the scanned range (and
-  ``min_cluster_notional``), with C/D >= ``factor`` x ``density_relax``.
+The rule is a level. A band runs from a non-empty bucket at distance a to one at b (at
+most ``max_band_bps`` wide: wider is a ladder, not a cluster); C = the forced notional
+whose liquidation prices lie in it, D = the book depth across it (never over less than
+``min_band_bps``: levels are discrete). When price reaches the band, its forced orders
+execute into that depth: with C >= ``factor`` x D they carry the price through it. A band
+qualifies when C >= ``min_cluster_notional`` and C >= ``factor`` x D still hold without the
+band's largest account, and that remainder is spread over at least ``min_accounts``
+effective accounts (inverse Herfindahl of the notionals): a few large accounts nearing
+their own liquidation are their risk, not a crowd. A band starting at the mark is the
+plain "forced notional between the mark and the band" rule; a band further out sees a
+cluster that a deep book near the mark would hide from it. The side fires on its
+qualifying band with the highest C/D, whatever its history.
+
+History sets the severity, never the verdict: each side's log pressure log1p(max C / (D +
+``min_cluster_notional``)) over its bands feeds an EW baseline with a time constant of
+``baseline_tau_ms`` of event time (std floored at ``STD_FLOOR``), which stops learning
+while the side's episode is open (a cluster forming must not teach it that clusters are
+normal) and counts after ``baseline_warmup_ms`` and ``min_samples`` evaluations. Severity:
+one step for the level being severe (C/D >= ``critical_factor`` x ``factor``, or the band
+starting within ``critical_distance_bps`` of the mark), one for it being unusual for the
+side (z >= ``z_threshold``, or the baseline still warming up): info, warning, critical.
+Before ``warmup_ticks`` ticks of a symbol (state still filling) nothing fires.
 
 With ``contagion``, a side under pressure also looks at the other cross positions of the
-accounts in its band: liquidated on this symbol, they lose the collateral behind those
-too, and the venue closes them at market. A linked symbol where such flow in that
-direction reaches ``min_cluster_notional`` and ``factor`` x the depth within
-``critical_distance_bps`` of its mark gets its own warning (rule ``contagion``), so the
-second leg of a cascade can be flagged before the first forced liquidation. Off by default:
-it also flags the everyday cross positions of accounts caught in any cluster, which is
-true but noisy where the venue closes only the position that failed.
+accounts from the mark out to its band: liquidated on this symbol, they lose the
+collateral behind those too, and the venue closes them at market. A linked symbol where
+such flow in that direction reaches ``min_cluster_notional`` and ``factor`` x the depth
+within ``critical_distance_bps`` of its mark gets its own warning (rule ``contagion``), so
+the second leg of a cascade can be flagged before the first forced liquidation. Off by
+default: it also flags the everyday cross positions of accounts caught in any cluster,
+which is true but noisy where the venue closes only the position that failed.
 
-Both are about clusters, so each must still hold without the band's largest account (one
-whale nearing its own liquidation price is not a cluster of them).
-
-Either also needs the side's smoothed pressure log1p(max C/(D + min_cluster_notional))
-to sit ``z_threshold`` above its own baseline (river EW stats, protected learning, std
-floored at ``STD_FLOOR``): a structurally thin symbol alarms when it gets worse, not forever. Warm-up: no anomaly
-before ``warmup_ticks`` ticks and ``min_samples`` evaluations of the side.
-
-Severity: info for a dense cluster alone; warning for pressure; critical for pressure
-with C/D >= ``critical_factor`` or a band within ``critical_distance_bps`` of the mark.
-Re-arm per (symbol, side): one anomaly per episode, again only on escalation; a new
-episode after ``rearm_ms`` clear. An unreliable book (sequence gap, resync) is never
-evaluated: its depth is a hole, not a thin book (``feed_gap`` reports the gap).
+One anomaly per episode and (symbol, side): again only when the level escalates (severe
+where it was not; with ``escalation`` > 0 also at that x the score last fired); a new
+episode after ``rearm_ms`` clear. The detail names the band, its accounts (count,
+effective count, the top ``top_accounts`` with both liquidation prices) and the z. An
+unreliable book (sequence gap, resync) is never evaluated: its depth is a hole, not a
+thin book (``feed_gap`` reports the gap).
 
 Position feeds are our own exchange's; public liquidation prints (``liquidation``
 events) are reported alongside as observed forced flow, a lower bound on public venues.
@@ -67,7 +76,6 @@ from collections import deque
 import msgspec
 
 from detectors.base import Detector, DetectorConfig
-from detectors.baseline import Baseline
 from detectors.latch import Latch
 from monitor.events import Account, Anomaly, Liquidation, Mark, Position
 from monitor.state import MarketState
@@ -98,18 +106,22 @@ class ThinBookClusterConfig(DetectorConfig, kw_only=True):
     bucket_bps: float = 5.0  # resolution of the liquidation-price buckets
     max_distance_bps: float = 500.0  # how far from the mark bands are scanned, each side
     factor: float = 1.0  # forced notional within a band / depth absorbing it must reach this
-    min_band_bps: float = 10.0  # a band's absorbing depth is at least the depth within this of the mark
+    min_band_bps: float = 25.0  # a band's depth is never taken over less than this width (levels are discrete)
+    max_band_bps: float = 200.0  # a band wider than this is a ladder, not a cluster
+    min_accounts: float = 20.0  # effective accounts (1 / Herfindahl) in the band, its largest left out
     critical_factor: float = 3.0  # ... x factor => critical
-    critical_distance_bps: float = 100.0  # a qualifying band this close to the mark => critical
+    critical_distance_bps: float = 100.0  # a qualifying band starting this close to the mark => critical
     min_cluster_notional: float = 250_000.0  # a band must hold at least this much forced notional
-    density_band_bps: float = 25.0  # width of the bands the density rule compares
-    density_factor: float = 4.0  # dense: a band with this x the average band notional in range
-    density_relax: float = 0.5  # ... and C/D >= factor x this
-    z_threshold: float = 3.0  # pressure vs the side's own baseline (log space)
-    warmup_ticks: int = 240  # ticks before any anomaly on a symbol
-    min_samples: int = 20  # evaluations of the side's baseline before any anomaly
-    fading: float = 0.02  # EW weight of the newest evaluation in the baseline
-    readmit_ticks: int = 2_400  # evaluations anomalous in a row after which the level is learned
+    density_band_bps: float = 25.0  # width of the densest band reported in detail
+    density_factor: float = 4.0  # no longer used (the band rule covers dense clusters); accepted for old configs
+    density_relax: float = 0.5  # no longer used; accepted for old configs
+    z_threshold: float = 3.0  # pressure vs the side's own baseline (log space): severity only, never a veto
+    warmup_ticks: int = 240  # ticks before any anomaly on a symbol (state still filling)
+    baseline_tau_ms: int = 1_800_000  # time constant of the side's pressure baseline, in event time
+    baseline_warmup_ms: int = 600_000  # event time a side's baseline learns before its z counts
+    min_samples: int = 20  # evaluations of a side before its baseline's z counts (with baseline_warmup_ms)
+    fading: float = 0.02  # no longer used (baseline_tau_ms); accepted for old configs
+    readmit_ticks: int = 2_400  # no longer used (the baseline never vetoes); accepted for old configs
     eval_ms: int = 1_000  # evaluate at most this often when buckets or mark changed (else every 4 x this)
     taker_fee: float = 0.0005  # fee charged on the forced close
     include_funding: bool = True  # the payment due at the next funding time counts
@@ -120,7 +132,7 @@ class ThinBookClusterConfig(DetectorConfig, kw_only=True):
     max_accounts: int = 2_000_000  # accounts whose contributions are kept (LRU; evicted ones are removed)
     top_accounts: int = 5  # accounts named in detail
     rearm_ms: int = 60_000  # an episode ends after the condition is clear this long
-    escalation: float = 2.0  # inside an episode, re-fire at this x the last score (or higher severity)
+    escalation: float = 0.0  # inside an episode, also re-fire at this x the last score (0: on higher severity only)
     contagion: bool = False  # a pressure band also flags the cross positions it would drag on other symbols
 
     def __post_init__(self) -> None:
@@ -129,6 +141,58 @@ class ThinBookClusterConfig(DetectorConfig, kw_only=True):
             parse_tiers(rows)
         if self.bucket_bps <= 0 or self.max_distance_bps < self.bucket_bps:
             raise ValueError("need 0 < bucket_bps <= max_distance_bps")
+        if not 0 < self.min_band_bps <= self.max_band_bps:
+            raise ValueError("need 0 < min_band_bps <= max_band_bps")
+        if self.baseline_tau_ms <= 0 or self.baseline_warmup_ms < 0:
+            raise ValueError("need baseline_tau_ms > 0 and baseline_warmup_ms >= 0")
+        if self.factor <= 0 or self.min_accounts < 0:
+            raise ValueError("need factor > 0 and min_accounts >= 0")
+
+
+class _SlowBaseline:
+    """EW mean and variance of one side's log pressure with a time constant in event time
+    (``tau_ms``: the weight of an observation ``dt`` after the last is 1 - exp(-dt / tau)),
+    a std floor, and an explicit warm-up (``warmup_ms`` of event time and ``min_n``
+    observations). It does not learn while the side's episode is open: a cluster forming
+    must not teach it that clusters are normal.
+
+    >>> b = _SlowBaseline(60_000, 0, 1)
+    >>> for t in range(0, 600_000, 1_000):
+    ...     b.learn(0.1, t)
+    >>> round(b.z(0.1 + 3 * STD_FLOOR), 2), b.ready(600_000)
+    (3.0, True)
+    """
+
+    __slots__ = ("mean", "var", "n", "first", "last", "tau_ms", "warmup_ms", "min_n")
+
+    def __init__(self, tau_ms: int, warmup_ms: int, min_n: int) -> None:
+        self.mean = self.var = 0.0
+        self.n = 0
+        self.first = self.last = None
+        self.tau_ms, self.warmup_ms, self.min_n = tau_ms, warmup_ms, min_n
+
+    def learn(self, x: float, now: int) -> None:
+        if self.n == 0:
+            self.mean, self.first = x, now
+        else:
+            a = 1.0 - math.exp(-max(now - self.last, 0) / self.tau_ms)
+            d = x - self.mean
+            self.mean += a * d
+            self.var = (1.0 - a) * (self.var + a * d * d)
+        self.last = now
+        self.n += 1
+
+    def ready(self, now: int) -> bool:
+        return self.n >= self.min_n and self.first is not None and now - self.first >= self.warmup_ms
+
+    def std(self) -> float:
+        return max(math.sqrt(max(self.var, 0.0)), STD_FLOOR)
+
+    def z(self, x: float) -> float:
+        return (x - self.mean) / self.std() if self.n else 0.0
+
+    def snapshot(self) -> dict[str, float]:
+        return {"mean": round(self.mean, 6), "std": round(self.std(), 6), "n": self.n}
 
 
 class _Side:
@@ -136,17 +200,18 @@ class _Side:
     stored as the account id alone (the book's string: no container, no float; its notional
     is in the account's contribution record), two or more as a dict account -> notional."""
 
-    __slots__ = ("hist", "members", "base")
+    __slots__ = ("hist", "sq", "members", "base")
 
     def __init__(self, cfg: ThinBookClusterConfig) -> None:
         self.hist: dict[int, float] = {}  # bucket -> forced notional
+        self.sq: dict[int, float] = {}  # bucket -> sum of its accounts' squared notionals (concentration)
         self.members: dict[int, str | dict[str, float]] = {}  # bucket -> account, or account -> notional
-        self.base = Baseline(cfg.fading, cfg.min_samples, STD_FLOOR, cfg.readmit_ticks)
+        self.base = _SlowBaseline(cfg.baseline_tau_ms, cfg.baseline_warmup_ms, cfg.min_samples)
 
 
 class _Sym:
     __slots__ = ("long", "short", "changed", "last_eval", "ticks", "forced", "computed", "divergent",
-                 "approx_cross", "unreliable_evals")
+                 "approx_cross", "unreliable_evals", "venue_fallback")
 
     def __init__(self, cfg: ThinBookClusterConfig) -> None:
         self.long, self.short = _Side(cfg), _Side(cfg)
@@ -158,6 +223,7 @@ class _Sym:
         self.divergent = 0  # ... of which the venue's differs by more than divergence_bps
         self.approx_cross = 0  # cross positions computed as isolated (equity unknown)
         self.unreliable_evals = 0
+        self.venue_fallback = 0  # positions placed at the venue's liq_price: ours was already crossed
 
 
 class ThinBookCluster(Detector):
@@ -168,9 +234,10 @@ class ThinBookCluster(Detector):
     early_recomputes = 0
     check_params = [{}, {"warmup_ticks": 8, "min_samples": 3, "min_cluster_notional": 1_000.0, "eval_ms": 250,
                          "max_accounts": 64, "rearm_ms": 1_000, "factor": 0.2, "z_threshold": 1.5,
-                         "contagion": True},
+                         "contagion": True, "min_accounts": 2.0, "baseline_warmup_ms": 5_000},
                     {"warmup_ticks": 4, "min_samples": 2, "bucket_bps": 20.0, "max_distance_bps": 2_000.0,
                      "include_funding": False, "max_accounts": 4, "z_threshold": 0.5, "min_cluster_notional": 10.0,
+                     "min_accounts": 0.0, "min_band_bps": 20.0, "max_band_bps": 400.0, "escalation": 2.0,
                      "tiers": {"BTC-PERP": [(10_000.0, 0.01), (1e12, 0.02)]}}]
 
     def __init__(self, config: ThinBookClusterConfig | None = None, max_dirty: int = MAX_DIRTY) -> None:
@@ -286,6 +353,7 @@ class ThinBookCluster(Detector):
             side = s.short if short else s.long
             notional = abs(notional)
             side.hist[k] = side.hist.get(k, 0.0) + notional
+            side.sq[k] = side.sq.get(k, 0.0) + notional * notional
             code = _pack(sid, short, k)
             m = side.members.get(k)
             if m is None:
@@ -360,6 +428,7 @@ class ThinBookCluster(Detector):
                 if m == acct:
                     del side.members[k]
                     side.hist.pop(k, None)  # exact zero: no float residue
+                    side.sq.pop(k, None)
                 else:
                     side.hist[k] -= 0.0
             else:
@@ -367,10 +436,15 @@ class ThinBookCluster(Detector):
                 if not m:
                     del side.members[k]
                     side.hist.pop(k, None)
+                    side.sq.pop(k, None)
                 else:
                     if len(m) == 1:  # one left: the account id alone
-                        side.members[k] = next(iter(m))
-                    side.hist[k] -= n
+                        one = side.members[k] = next(iter(m))
+                        side.hist[k] = m[one]  # exact again: one account's own notional
+                        side.sq[k] = m[one] * m[one]
+                    else:
+                        side.hist[k] -= n
+                        side.sq[k] = max(side.sq[k] - n * n, 0.0)
             s.changed = True
 
     def __getstate__(self) -> dict:
@@ -382,6 +456,7 @@ class ThinBookCluster(Detector):
 
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
+        self._upgrade_sides()
         old = d.get("_contrib")
         if old is None:
             return
@@ -407,6 +482,24 @@ class ThinBookCluster(Detector):
                 for k, m in side.members.items():
                     if len(m) == 1:
                         side.members[k] = next(iter(m))
+
+    def _upgrade_sides(self) -> None:
+        """A checkpoint from before the band rule: squared notionals per bucket rebuilt from the
+        members, the per-evaluation baseline replaced by the event-time one (it learns afresh)."""
+        cfg = self.config
+        for s in self._syms.values():
+            if not hasattr(s, "venue_fallback"):
+                s.venue_fallback = 0
+            for side in (s.long, s.short):
+                if not isinstance(getattr(side, "base", None), _SlowBaseline):
+                    side.base = _SlowBaseline(cfg.baseline_tau_ms, cfg.baseline_warmup_ms, cfg.min_samples)
+                if not hasattr(side, "sq"):
+                    side.sq = {}
+                    for k, m in side.members.items():
+                        if type(m) is str:
+                            side.sq[k] = side.hist.get(k, 0.0) ** 2
+                        else:
+                            side.sq[k] = sum(n * n for n in m.values())
 
     def liquidations(self, acct: str, state: MarketState, count: bool = False):
         """(symbol, our liquidation price, signed notional at it, venue liq_price) per position."""
@@ -445,12 +538,19 @@ class ThinBookCluster(Detector):
                                         cross_equity=equity, mark=px, other_mm=cross_mm - mms.get(symbol, 0.0))
             if liq is None:
                 continue
-            if count and p.liq_price:
-                div = divergence_bps(liq, p.liq_price)
+            venue = p.liq_price
+            if count and venue:
+                div = divergence_bps(liq, venue)
                 if div is not None:
                     s = self._syms[symbol]
                     s.computed += 1
                     s.divergent += abs(div) > cfg.divergence_bps
+            if venue and (liq >= px > venue if p.size > 0 else liq <= px < venue):
+                # ours is already crossed yet the venue keeps the position open: our inputs miss
+                # something for this account (equity, collateral); the venue's figure stands in
+                liq = venue
+                if count:
+                    self._syms[symbol].venue_fallback += 1
             out.append((symbol, liq, p.size * liq, p.liq_price))
         return out
 
@@ -467,161 +567,183 @@ class ThinBookCluster(Detector):
             side = s.long if long else s.short
             if not side.hist and not side.base.n:
                 continue
-            scan = self._scan(side.hist, mark.mark, book, long)
+            scan = self._scan(symbol, side, mark.mark, book, long)
             j = self._judge(symbol, s, side, long, scan, now, state, mark.mark, out)
             if j is not None and self.config.contagion:
                 self._contagion(symbol, side, long, scan[0], j, now, state, out)
 
-    def _scan(self, hist: dict[int, float], mark: float, book, long: bool):
-        """Walk out from the mark over the non-empty buckets (C/D and band sums peak at one).
+    def _scan(self, symbol: str, side: _Side, mark: float, book, long: bool):
+        """The side's bands, from its non-empty buckets within ``max_distance_bps``.
 
-        Returns (km, candidates, best, smooth, dense) with candidates [(j, C_j, D_j)]: C_j the
-        forced notional from the mark bucket out to bucket j (distance), D_j the depth between
-        the mark and that bucket's far edge; best = (index, C/D) of the highest C/D among
-        those with C >= min_cluster_notional; dense = (index, band notional, avg band).
+        Returns (km, best, pressure, dense): ``best`` the qualifying band with the highest
+        C/D as (ratio, a, b, C, D, largest, effective accounts) with a, b its nearest and
+        farthest bucket (distance from the mark bucket), or None; ``pressure`` the side's
+        highest C / (D + min_cluster_notional) over bands up to ``max_band_bps`` wide (what
+        its baseline learns); ``dense`` the densest ``density_band_bps`` band (far bucket,
+        notional) for the detail.
         """
         cfg, lb, nb = self.config, self._lb, self._nb
         km = math.floor(math.log(mark) / lb)
+        hist = side.hist
         if len(hist) <= nb + 1:
             js = sorted(km - k if long else k - km for k in hist)
             js = [j for j in js if 0 <= j <= nb]
         else:
             js = [j for j in range(nb + 1) if (km - j if long else km + j) in hist]
-        floor = cfg.min_cluster_notional
         if not js:
-            return km, [], (-1, 0.0), 0.0, (-1, 0.0, 0.0)
+            return km, None, 0.0, (-1, 0.0)
+        ks = [km - j if long else km + j for j in js]
+        ns = [hist[k] for k in ks]
+        sqs = [side.sq.get(k, 0.0) for k in ks]
+        tops = []  # the largest account's notional per bucket
+        for k, n in zip(ks, ns):
+            m = side.members.get(k)
+            tops.append(n if m is None or type(m) is str else max(m.values()))
+        wmin = max(1, int(round(cfg.min_band_bps / cfg.bucket_bps)))
+        wmax = max(wmin, int(round(cfg.max_band_bps / cfg.bucket_bps)))
+        # cumulative depth from the mark to the far edge of each bucket out to the last one needed
+        hi = min(nb, js[-1] + wmin - 1)
         levels = book.sorted_levels()[0 if long else 1]  # sorted only when something is in range
         step = 1.0 + cfg.bucket_bps / 1e4
-        edge0 = math.exp(km * lb) if long else math.exp((km + 1) * lb)
-        cands: list[tuple[int, float, float]] = []
-        c = d = 0.0
-        li, n_levels = 0, len(levels)
-        # the top of the book always absorbs: depth within min_band_bps of the mark
-        top_edge = mark * (1 - cfg.min_band_bps / 1e4) if long else mark * (1 + cfg.min_band_bps / 1e4)
-        while li < n_levels and (levels[li][0] >= top_edge if long else levels[li][0] <= top_edge):
-            d += levels[li][0] * levels[li][1]
-            li += 1
-        best_i, best_r, smooth = -1, 0.0, 0.0
-        for j in js:
-            c += hist[km - j if long else km + j]
+        edge = math.exp(km * lb) if long else math.exp((km + 1) * lb)
+        cum = [0.0] * (hi + 1)
+        d, li, n_levels = 0.0, 0, len(levels)
+        for j in range(hi + 1):
             if long:  # bids at or above the lower edge of bucket km - j absorb
-                edge = edge0 / step ** j
                 while li < n_levels and levels[li][0] >= edge:
                     d += levels[li][0] * levels[li][1]
                     li += 1
+                edge /= step
             else:  # asks at or below the upper edge of bucket km + j absorb
-                edge = edge0 * step ** j
                 while li < n_levels and levels[li][0] <= edge:
                     d += levels[li][0] * levels[li][1]
                     li += 1
-            r_s = c / (d + floor)
-            if r_s > smooth:
-                smooth = r_s
-            if c >= floor:
-                r = c / d if d > 0 else math.inf
-                if r > best_r:
-                    best_i, best_r = len(cands), r
-            cands.append((j, c, d))
-        # density: the band of wb buckets ending at each candidate, against the average band
+                edge *= step
+            cum[j] = d
+        floor, factor, min_acc = cfg.min_cluster_notional, cfg.factor, cfg.min_accounts
+        best, pressure, m = None, 0.0, len(js)
+        for ia in range(m):
+            a = js[ia]
+            base = cum[a - 1] if a else 0.0
+            c = q = mx = 0.0
+            for ib in range(ia, m):
+                b = js[ib]
+                if b - a + 1 > wmax:
+                    break
+                c += ns[ib]
+                q += sqs[ib]
+                if tops[ib] > mx:
+                    mx = tops[ib]
+                b2 = min(max(b, a + wmin - 1), hi)
+                dep = cum[b2] - base
+                if dep + floor > 0 and c / (dep + floor) > pressure:
+                    pressure = c / (dep + floor)
+                rest = c - mx  # a cluster is many accounts: it must hold without the band's largest
+                if rest < floor or rest < factor * dep or rest <= 0:
+                    continue
+                rq = q - mx * mx
+                neff = rest * rest / rq if rq > 0 else 1.0
+                if neff < min_acc:
+                    continue
+                r = c / dep if dep > 0 else math.inf
+                if best is None or r > best[0]:
+                    best = (r, a, b, c, dep, mx, neff)
+        # the densest density_band_bps band (reported)
         wb = max(1, int(round(cfg.density_band_bps / cfg.bucket_bps)))
-        dense_i, dense_n, lo = -1, 0.0, 0
-        for i, (j, cj, _) in enumerate(cands):
-            while cands[lo][0] <= j - wb:
+        dense, lo, run = (-1, 0.0), 0, 0.0
+        for i in range(m):
+            run += ns[i]
+            while js[lo] <= js[i] - wb:
+                run -= ns[lo]
                 lo += 1
-            n = cj - (cands[lo - 1][1] if lo else 0.0)
-            if n > dense_n:
-                dense_i, dense_n = i, n
-        return km, cands, (best_i, best_r), smooth, (dense_i, dense_n, c * wb / (nb + 1))
+            if run > dense[1]:
+                dense = (js[i], run)
+        return km, best, pressure, dense
 
     def _judge(self, symbol, s, side: _Side, long: bool, scan, now: int, state, mark: float, out) -> int | None:
-        """Decide the side; the qualifying band's far bucket j when the pressure rule holds."""
+        """Decide the side; the qualifying band's far bucket when the pressure rule holds.
+
+        The rule is a level: it fires whatever the side's history. The side's baseline
+        (z of its log pressure) only sets the severity, and learns only outside episodes.
+        """
         cfg = self.config
-        km, cands, (bi, r), smooth, (di, dn, avg_band) = scan
-        z = side.base.observe(math.log1p(smooth), protect_above=cfg.z_threshold, one_sided=True)
-        if s.ticks < cfg.warmup_ticks or not side.base.ready or z < cfg.z_threshold:
+        km, best, pressure, (dj, dn) = scan
+        x = math.log1p(pressure)
+        base = side.base
+        key = (symbol, "long" if long else "short")
+        ready = base.ready(now)
+        z = base.z(x) if ready else None
+        if not self._latch.active(key, now):  # a cluster forming must not teach it that clusters are normal
+            base.learn(x, now)
+        if s.ticks < cfg.warmup_ticks or best is None:
             return None
-        pressure = bi >= 0 and r >= cfg.factor
-        dense = (di >= 0 and dn >= cfg.min_cluster_notional and dn >= cfg.density_factor * avg_band
-                 and dn >= cfg.factor * cfg.density_relax * cands[di][2])
-        if not (pressure or dense):
-            return None
-        lb, wb = self._lb, max(1, int(round(cfg.density_band_bps / cfg.bucket_bps)))
-        i = bi if pressure else di
-        j, c_j, d_j = cands[i]
-        j0 = 0 if pressure else max(0, j - wb + 1)
-        buckets = range(km - j, km - j0 + 1) if long else range(km + j0, km + j + 1)
-        # a cluster is many accounts: the rule must still hold without the band's largest one
-        # (one whale nearing its own liquidation is that account's risk, not a cluster)
-        top = self._top(symbol, long, side, buckets, max(1, cfg.top_accounts))
-        largest = top[0][1] if top else 0.0
-        band_n = sum(side.hist.get(k, 0.0) for k in buckets)
-        if pressure:
-            rest = c_j - largest
-            if rest < cfg.min_cluster_notional or (d_j > 0 and rest < cfg.factor * d_j):
-                return None
-        elif band_n - largest < cfg.min_cluster_notional or band_n - largest < cfg.density_factor * avg_band \
-                or band_n - largest < cfg.factor * cfg.density_relax * d_j:
-            return None
-        found = j if pressure else None
-        far = math.exp((km - j) * lb) if long else math.exp((km + j + 1) * lb)
-        dist = abs(far - mark) / mark * 1e4
-        if pressure:
-            critical = r >= cfg.critical_factor * cfg.factor or dist <= cfg.critical_distance_bps
-            severity = "critical" if critical else "warning"
-            score = min(r, 1e6)
-        else:
-            severity = "info"
-            score = min(dn / d_j, 1e6) if d_j > 0 else 1e6
-        if not self._latch.fire((symbol, "long" if long else "short"), now, score, severity):
-            return found
-        near = math.exp((km - j0 + 1) * lb) if long else math.exp((km + j0) * lb)
+        r, a, b, c_band, d_band, largest, neff = best
+        lb = self._lb
+        near = math.exp((km - a + 1) * lb) if long else math.exp((km + a) * lb)
         near = min(mark, near) if long else max(mark, near)
-        top = top[: cfg.top_accounts]
+        far = math.exp((km - b) * lb) if long else math.exp((km + b + 1) * lb)
+        near_bps, dist = abs(near - mark) / mark * 1e4, abs(far - mark) / mark * 1e4
+        unusual = z is None or z >= cfg.z_threshold
+        severe = r >= cfg.critical_factor * cfg.factor or near_bps <= cfg.critical_distance_bps
+        severity = ("info", "warning", "critical")[unusual + severe]
+        score = min(r, 1e6)
+        # inside an episode only the level escalating re-fires (the ratio past critical_factor, or
+        # the band within critical_distance_bps of the mark); z crossing its threshold changes the
+        # severity reported, not the count
+        if not self._latch.fire(key, now, score, "critical" if severe else "warning"):
+            return b
+        buckets = range(km - b, km - a + 1) if long else range(km + a, km + b + 1)
+        top = self._top(symbol, long, side, buckets, max(1, cfg.top_accounts))
         venue = {}
         for acct, _ in top:
             for sym, liq, _n, v in self.liquidations(acct, state):
                 if sym == symbol:
                     venue[acct] = (liq, v)
         accounts = []
-        for a, n in top:
-            ours, theirs = venue.get(a, (None, None))
+        for acct, n in top:
+            ours, theirs = venue.get(acct, (None, None))
             dv = divergence_bps(ours, theirs)
-            accounts.append({"account": str(a), "notional": round(n, 2),
+            accounts.append({"account": str(acct), "notional": round(n, 2),
                              "liq_price": round(ours, 8) if ours is not None else None,
                              "venue_liq_price": theirs, "divergence_bps": round(dv, 1) if dv is not None else None})
+        n_accounts = sum(1 if type(m) is str else len(m) for k in buckets if (m := side.members.get(k)))
         forced = sum(n for ts, n in s.forced if ts > now - FORCED_WINDOW_MS)
-        dj_, dc, _ = cands[di] if di >= 0 else (0, 0.0, 0.0)
+        wb = max(1, int(round(cfg.density_band_bps / cfg.bucket_bps)))
         detail = {
             "side": "long" if long else "short",
             "forced_flow": "sell into bids below the mark" if long else "buy into asks above the mark",
-            "rule": "pressure" if pressure else "density",
+            "rule": "pressure",
             "mark": mark,
             "band": {"from_price": round(near, 8), "to_price": round(far, 8),
-                     "distance_bps": round(dist, 1), "near_distance_bps": round(abs(near - mark) / mark * 1e4, 1)},
-            "cluster_notional": round(band_n, 2),
-            "largest_account_share": round(largest / band_n, 4) if band_n > 0 else None,
-            "forced_notional_mark_to_band": round(c_j, 2),
-            "absorbing_depth": round(d_j, 2),
-            "ratio": round(c_j / d_j, 3) if d_j > 0 else None,
-            "densest_band": {"distance_bps": round((dj_ + 1) * cfg.bucket_bps, 1), "notional": round(dn, 2),
-                             "avg_band_notional": round(avg_band, 2), "width_bps": wb * cfg.bucket_bps}
-            if di >= 0 else None,
-            "z": round(z, 3),
-            "baseline_log1p_pressure": side.base.snapshot(),
+                     "distance_bps": round(dist, 1), "near_distance_bps": round(near_bps, 1)},
+            "cluster_notional": round(c_band, 2),
+            "accounts": n_accounts,
+            "effective_accounts": round(neff, 1),
+            "largest_account_share": round(largest / c_band, 4) if c_band > 0 else None,
+            "forced_notional_in_band": round(c_band, 2),
+            "absorbing_depth": round(d_band, 2),
+            "ratio": round(r, 3) if d_band > 0 else None,
+            "densest_band": {"distance_bps": round((dj + 1) * cfg.bucket_bps, 1), "notional": round(dn, 2),
+                             "width_bps": wb * cfg.bucket_bps} if dj >= 0 else None,
+            "z": round(z, 3) if z is not None else None,
+            "usual_for_side": not unusual,
+            "baseline_log1p_pressure": base.snapshot(),
             "thresholds": {"factor": cfg.factor, "critical_factor": cfg.critical_factor,
-                           "min_cluster_notional": cfg.min_cluster_notional, "z_threshold": cfg.z_threshold,
-                           "density_factor": cfg.density_factor, "critical_distance_bps": cfg.critical_distance_bps},
-            "crossed": ("forced notional between the mark and the band exceeds factor x the depth absorbing it"
-                        if pressure else "a dense liquidation cluster sits where the book is thin"),
+                           "min_cluster_notional": cfg.min_cluster_notional, "min_accounts": cfg.min_accounts,
+                           "max_band_bps": cfg.max_band_bps, "z_threshold": cfg.z_threshold,
+                           "critical_distance_bps": cfg.critical_distance_bps},
+            "crossed": "forced notional in the band exceeds factor x the depth absorbing it there, "
+                       "without its largest account",
             "top_accounts": accounts,
             "liq_price_check": {"computed_with_venue_price": s.computed, "divergent": s.divergent,
-                                "divergence_bps": cfg.divergence_bps, "cross_as_isolated": s.approx_cross},
+                                "divergence_bps": cfg.divergence_bps, "cross_as_isolated": s.approx_cross,
+                                "venue_fallback": s.venue_fallback},
             "observed_forced_notional_60s": round(forced, 2),
             "note": "liquidation prices computed from positions; observed liquidation prints are a lower bound "
                     "on public feeds",
         }
         out.append(Anomaly.make("thin_book_cluster", now, score, severity, symbol=symbol, detail=detail))
-        return found
+        return b
 
     def _contagion(self, symbol: str, side: _Side, long: bool, km: int, j: int, now: int, state, out) -> None:
         """Forced flow this band would set off on other symbols through shared collateral.

@@ -3,6 +3,7 @@
 import pickle
 import random
 
+import msgspec
 import pytest
 
 from detectors.thin_book_cluster import ThinBookCluster, ThinBookClusterConfig
@@ -16,18 +17,25 @@ SYM = "BTC-PERP"
 
 
 def market(seconds=240, cluster_at=None, surge=None, gap_at=None, resync_at=None, seed=3, whales=30,
-           whale_notional=30_000.0):
+           whale_notional=30_000.0, cluster_over=0.0, near_x=1.0, whale_equity=None):
     """Mid 100, bids/asks every 5 bps with 100 each (~1e4 notional a level). 300 background
-    isolated accounts at 2-5x (liquidations 20-50% away) and 40 small 20x ones (~4.5% away);
+    isolated accounts at 2-5x (liquidations 20-50% away) and 40 small 20x ones (~4.5% away, ~120k
+    in all: less than min_cluster_notional);
     churn 2 position changes/s, a book delta every tick, marks each second. ``cluster_at``:
     ``whales`` accounts open 40x longs (~2.1% below the mark) at that second. ``surge`` = (start,
-    end) triples churn and book activity. ``gap_at`` drops a book message (sequence gap)."""
+    end) triples churn and book activity. ``gap_at`` drops a book message (sequence gap).
+    ``cluster_over``: the whales open one by one over this many seconds instead of at once;
+    ``near_x``: bids within 100 bps of the mark hold this x the size; ``whale_equity``: the
+    whales are cross accounts with this equity (the venue's liq_price still ~2.1% below)."""
     rng = random.Random(seed)
-    ev = [Book(symbol=SYM, ts=T0, seq=1, snapshot=True, bids=[(100 - 0.05 * k, 100.0) for k in range(1, 101)],
+    def bid(k, q=100.0):
+        return q * (near_x if k <= 20 else 1.0)
+
+    ev = [Book(symbol=SYM, ts=T0, seq=1, snapshot=True, bids=[(100 - 0.05 * k, bid(k)) for k in range(1, 101)],
                asks=[(100 + 0.05 * k, 100.0) for k in range(1, 101)])]
     seq = 1
     accts = [(f"bg-{i}", rng.choice((2.0, 3.0, 5.0)), rng.uniform(5_000, 50_000)) for i in range(300)]
-    accts += [(f"hi-{i}", 20.0, rng.uniform(5_000, 15_000)) for i in range(40)]
+    accts += [(f"hi-{i}", 20.0, rng.uniform(1_500, 4_500)) for i in range(40)]
 
     def pos(ts, name, lev, notional, side=1):
         size = side * notional / 100.0
@@ -49,11 +57,12 @@ def market(seconds=240, cluster_at=None, surge=None, gap_at=None, resync_at=None
                 seq += 1  # a message lost on the way
             side = "bids" if rng.random() < 0.5 else "asks"
             px = 100 - 0.05 * k if side == "bids" else 100 + 0.05 * k
-            ev.append(Book(symbol=SYM, ts=ts, seq=seq, **{side: [(px, 100.0 + rng.uniform(-5, 5))]}))
+            q = 100.0 + rng.uniform(-5, 5)
+            ev.append(Book(symbol=SYM, ts=ts, seq=seq, **{side: [(px, bid(k, q) if side == "bids" else q)]}))
         if resync_at is not None and resync_at <= t < resync_at + 0.25:
             seq += 1
             ev.append(Book(symbol=SYM, ts=ts, seq=seq, snapshot=True,
-                           bids=[(100 - 0.05 * k, 100.0) for k in range(1, 101)],
+                           bids=[(100 - 0.05 * k, bid(k)) for k in range(1, 101)],
                            asks=[(100 + 0.05 * k, 100.0) for k in range(1, 101)]))
         for _ in range(sum(rng.random() < 0.5 for _ in range(x))):
             name, lev, n = rng.choice(accts)
@@ -61,9 +70,14 @@ def market(seconds=240, cluster_at=None, surge=None, gap_at=None, resync_at=None
         if step % 4 == 0:
             ev.append(Mark(symbol=SYM, ts=ts + 2, mark=100.0 + rng.uniform(-0.01, 0.01), index=100.0,
                            funding_rate=0.0001, open_interest=1e5))
-        if cluster_at is not None and cluster_at <= t < cluster_at + 0.25:
-            for i in range(whales):
-                ev += pos(ts + 3, f"whale-{i}", 40.0, whale_notional)
+        if cluster_at is not None:
+            for i in range(whales):  # whale i opens at cluster_at + i x cluster_over / whales
+                at = cluster_at + i * cluster_over / whales
+                if at <= t < at + 0.25:
+                    ev += pos(ts + 3, f"whale-{i}", 40.0, whale_notional)
+                    if whale_equity is not None:  # cross, with too little equity by our formula
+                        ev[-2] = Account(account=f"whale-{i}", ts=ts + 3, equity=whale_equity)
+                        ev[-1] = msgspec.structs.replace(ev[-1], margin_mode="cross")
     return ev
 
 
@@ -74,28 +88,31 @@ def run(events, **cfg):
 
 
 def test_fires_on_cluster_near_thin_book():
-    """~880k (at their liquidation prices) of 40x longs ~2% below the mark, against ~420k of bids: warning."""
+    """~880k (at their liquidation prices) of 40x longs ~2% below the mark, against ~50k of bids
+    in their band: far over critical_factor, so critical."""
     out, _, _ = run(market(cluster_at=150))
     assert out, "no anomaly"
     a = out[0]
     assert a.kind == "thin_book_cluster" and a.symbol == SYM and a.account is None
     assert T0 + 150_000 <= a.ts <= T0 + 152_000
     d = a.detail
-    assert d["side"] == "long" and d["rule"] == "pressure" and a.severity == "warning"
-    assert 180 <= d["band"]["distance_bps"] <= 260
-    assert d["forced_notional_mark_to_band"] >= 850_000 > d["absorbing_depth"] > 300_000
-    assert d["ratio"] == pytest.approx(d["forced_notional_mark_to_band"] / d["absorbing_depth"], rel=1e-3)
-    assert d["ratio"] >= d["thresholds"]["factor"] and d["z"] >= d["thresholds"]["z_threshold"]
+    assert d["side"] == "long" and d["rule"] == "pressure" and a.severity == "critical"
+    assert 180 <= d["band"]["near_distance_bps"] <= d["band"]["distance_bps"] <= 260
+    assert d["forced_notional_in_band"] >= 850_000 > 100_000 > d["absorbing_depth"] > 30_000
+    assert d["ratio"] == pytest.approx(d["forced_notional_in_band"] / d["absorbing_depth"], rel=1e-3)
+    assert d["ratio"] >= d["thresholds"]["critical_factor"] * d["thresholds"]["factor"]
+    assert d["accounts"] == 30 and d["effective_accounts"] >= d["thresholds"]["min_accounts"]
     top = d["top_accounts"]
     assert len(top) == 5 and all(t["account"].startswith("whale-") for t in top)
     assert all(t["venue_liq_price"] and abs(t["divergence_bps"]) < 100 for t in top)  # the cross-check
     assert len(out) == 1, [x.detail["rule"] for x in out]  # the persisting cluster is one episode
 
 
-def test_bigger_cluster_is_critical():
-    """The same cluster at 3x the notional crosses critical_factor."""
-    out, _, _ = run(market(cluster_at=150, whale_notional=100_000.0))
-    assert out and out[0].severity == "critical" and out[0].detail["ratio"] >= 3
+def test_below_critical_factor_far_from_the_mark_is_a_warning():
+    """The same cluster with critical_factor above its ratio (and the band beyond
+    critical_distance_bps): a warning."""
+    out, _, _ = run(market(cluster_at=150), critical_factor=100.0)
+    assert [a.severity for a in out] == ["warning"]
 
 
 def test_silent_without_cluster():
@@ -265,3 +282,76 @@ def test_one_whale_near_its_liquidation_is_not_a_cluster():
     (without it the band holds nothing); the 30 accounts are."""
     assert run(market(cluster_at=150, whales=1, whale_notional=900_000.0))[0] == []
     assert run(market(cluster_at=150, whales=30, whale_notional=30_000.0))[0]
+
+
+def test_a_cluster_forming_slowly_fires_on_the_level():
+    """30 accounts opening one by one over 4 minutes: the level fires while it forms (a
+    baseline that learned the cluster as it formed would never see it as unusual)."""
+    out, d, _ = run(market(seconds=420, cluster_at=150, cluster_over=240.0))
+    assert out and out[0].detail["side"] == "long"
+    assert out[0].ts < T0 + 390_000  # before the last account has opened
+    assert 20 <= out[0].detail["accounts"] < 30
+    assert len(out) <= 2 and all(a.severity in ("warning", "critical") for a in out)
+
+
+def test_a_few_large_accounts_are_not_a_cluster():
+    """Four accounts with 200k each in one band (each nearing its own liquidation): the band
+    without its largest is still over its depth, but it is four accounts, not a crowd."""
+    assert run(market(cluster_at=150, whales=4, whale_notional=200_000.0))[0] == []
+
+
+def test_a_cluster_behind_a_deep_near_book():
+    """Bids within 100 bps of the mark ten times as deep: the depth between the mark and the
+    cluster (~2.4M) exceeds it, but when price gets there the cluster's ~880k meets ~50k."""
+    out, _, _ = run(market(cluster_at=150, near_x=10.0))
+    assert out and out[0].detail["side"] == "long"
+    assert out[0].detail["band"]["near_distance_bps"] >= 150 and out[0].detail["ratio"] > 5
+
+
+def test_a_growing_cluster_is_one_anomaly():
+    """The cluster grows in three waves (10, 30, 90 accounts), each tripling its notional:
+    still one episode, one anomaly (re-fired only on a higher severity)."""
+    ev = market(cluster_at=120, whales=10)
+    for wave, at in ((30, 150), (90, 180)):
+        extra = [e for e in market(cluster_at=at, whales=wave) if isinstance(e, (Account, Position))
+                 and e.account.startswith("whale-") and e.ts >= T0 + at * 1000]
+        ev = sorted(ev + extra, key=lambda e: e.ts)
+    out, _, _ = run(ev)
+    assert len(out) == 1 and out[0].severity == "critical"
+
+
+def test_crossed_liquidation_prices_use_the_venues():
+    """Cross accounts whose equity (by our formula) is already under maintenance, still open at
+    the venue with its liq_price ~2.1% below: they count there, where the venue will close them."""
+    out, d, _ = run(market(cluster_at=150, whale_equity=50.0))
+    assert out and out[0].detail["side"] == "long" and 180 <= out[0].detail["band"]["near_distance_bps"] <= 260
+    assert d._syms[SYM].venue_fallback >= 30
+
+
+def test_the_baseline_does_not_learn_an_open_episode():
+    """While the cluster's episode is open its side's baseline stops learning (event time)."""
+    _, d1, _ = run(market(seconds=170, cluster_at=150))
+    _, d2, _ = run(market(seconds=240, cluster_at=150))
+    assert d1._syms[SYM].long.base.n == d2._syms[SYM].long.base.n > 100
+
+
+def test_a_checkpoint_from_before_the_band_rule_resumes():
+    """A detector pickled before squared notionals and the event-time baseline existed
+    resumes: both are rebuilt, and the cluster after it is still flagged."""
+    from detectors.baseline import Baseline
+
+    events = market(cluster_at=150)
+    half = next(i for i, e in enumerate(events) if e.ts >= T0 + 100_000)
+    p = Pipeline(MarketState(), [ThinBookCluster()], tick_ms=250)
+    assert p.process(events[:half]) == []
+    d = p.detectors[0]
+    want = {k: v for k, v in d._syms[SYM].long.sq.items()}
+    for side in (d._syms[SYM].long, d._syms[SYM].short):  # as an older version pickled them
+        del side.sq
+        side.base = Baseline(0.02, 20, 0.2, 2400)
+    del d._syms[SYM].venue_fallback
+    p2 = Pipeline.restore(pickle.loads(pickle.dumps(p.checkpoint())))
+    d2 = p2.detectors[0]
+    assert d2._syms[SYM].long.sq == pytest.approx(want) and d2._syms[SYM].venue_fallback == 0
+    out = p2.process(events[half:]) + p2.flush()
+    assert out and out[0].detail["side"] == "long"
