@@ -17,29 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.events import SEVERITY_RANK
+from monitor.fmt import money, times
 
 KIND_ORDER = ("cascade_risk", "thin_book_cluster", "leverage_jump", "cancel_burst", "mark_divergence",
               "funding_crowding", "feed_gap")
-
-
-def money(x: Any) -> str:
-    """USD, humanized (``$1.03M``); non-numbers as they are."""
-    if not isinstance(x, (int, float)) or x != x:
-        return str(x)
-    a = abs(x)
-    sign = "-" if x < 0 else ""
-    if a >= 1e9:
-        return f"{sign}${a / 1e9:.3g}B"
-    if a >= 1e6:
-        return f"{sign}${a / 1e6:.4g}M"
-    if a >= 1e4:
-        return f"{sign}${a / 1e3:.3g}k"
-    return f"{sign}${a:,.0f}"
-
-
-def times(x: Any) -> str:
-    return f"{x:.2g}x" if isinstance(x, (int, float)) and x < 10 else (f"{x:,.0f}x" if isinstance(x, (int, float))
-                                                                       else str(x))
 
 
 def _top(detail: dict, n: int = 3) -> str:

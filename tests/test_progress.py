@@ -4,7 +4,6 @@ progress bar on stderr when it is a terminal, and nothing when it is not (pipes,
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 
