@@ -178,19 +178,7 @@ class Pipeline:
         With ``on_batch`` the anomalies are handed over in batches (and not returned), so
         a long replay holds at most ``batch`` of them.
         """
-        kept: list[Anomaly] = []
-        for frame in frames:
-            found = self.feed(codec.decode(frame))
-            if found:
-                kept.extend(found)
-                if on_batch is not None and len(kept) >= batch:
-                    on_batch(kept)
-                    kept = []
-        kept.extend(self.correlate(self.flush()))
-        if on_batch is not None:
-            on_batch(kept)
-            return []
-        return kept
+        return self._collect((self.feed(codec.decode(frame)) for frame in frames), on_batch, batch)
 
     def run_items(self, items: Iterable[recorded.Item], codec_of: Callable[[str], Codec],
                   on_batch: Callable[[list[Anomaly]], None] | None = None, batch: int = 1000) -> list[Anomaly]:
@@ -198,18 +186,25 @@ class Pipeline:
         each frame decoded by its source's codec (``codec_of(source)``), each REST snapshot
         handed to that codec, each stall advance run as the same ticks, and the pipeline fed
         only when a payload gave events (the daemon's rule). ``on_batch`` as in run_frames."""
-        kept: list[Anomaly] = []
         decode = recorded.decode
-        for source, payload, _ in items:
-            if type(payload) is recorded.Advance:
-                found = self.correlate(self.advance_to(payload.ts))
-            else:
-                events = decode(codec_of(source), payload)
-                if not events:
-                    continue
-                found = self.feed(events)
-            if found:
-                kept.extend(found)
+
+        def found():
+            for source, payload, _ in items:
+                if type(payload) is recorded.Advance:
+                    yield self.correlate(self.advance_to(payload.ts))
+                elif events := decode(codec_of(source), payload):
+                    yield self.feed(events)
+
+        return self._collect(found(), on_batch, batch)
+
+    def _collect(self, found: Iterable[list[Anomaly]], on_batch: Callable[[list[Anomaly]], None] | None,
+                 batch: int) -> list[Anomaly]:
+        """The anomalies of a run to its end (the final flush included): returned, or handed
+        to ``on_batch`` at least ``batch`` at a time (then [] is returned)."""
+        kept: list[Anomaly] = []
+        for anomalies in found:
+            if anomalies:
+                kept.extend(anomalies)
                 if on_batch is not None and len(kept) >= batch:
                     on_batch(kept)
                     kept = []

@@ -120,12 +120,6 @@ def detail_text(detail: dict) -> str:
 
 
 def summarize_detail(detail: dict, width: int = 90) -> str:
-    parts = []
-    for k, v in detail.items():
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        elif isinstance(v, (list, dict)):
-            continue
-        parts.append(f"{k}={v}")
-    text = " ".join(parts)
+    """``detail_text`` cut to ``width`` and made safe for rich markup (the demo's live view)."""
+    text = detail_text(detail)
     return safe(text if len(text) <= width else text[: width - 1] + "…")
